@@ -1,0 +1,1 @@
+"""Experiments: configs, datasets, metrics, tracking, runner, reports and the CLI (DESIGN.md)."""

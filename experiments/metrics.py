@@ -1,0 +1,194 @@
+"""Image-quality metrics of the evaluation protocol (shared/reference/operators.md).
+
+Inputs are batches ``(B, C, H, W)`` in the project's [-1, 1] convention; every metric returns
+one value per batch item, a float64 tensor of shape ``(B,)`` on the input's device. Metrics are
+for evaluation, so they run without autograd.
+
+- ``psnr`` and ``ssim`` map images to [0, 1] by ``(x + 1) / 2`` and clip, then use data range 1.
+  SSIM uses an 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03, population covariances and
+  only the positions where the whole window fits; it equals scikit-image's
+  ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+  data_range=1.0)``, averaged over channels.
+- ``lpips`` uses the ``lpips`` package (AlexNet by default, as in DPS and ReSample; DAPS used
+  piq's VGG variant, whose numbers differ). ``random_backbone=True`` builds it without the
+  torchvision download, for tests only: label such numbers with ``lpips_label``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from operators.base import Operator
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+# Backbones of the lpips package and the smallest image side each one accepts.
+LPIPS_MIN_SIZE = {"alex": 31, "vgg": 16, "squeeze": 17}
+# Seed of the random LPIPS backbone, so that test numbers are reproducible.
+LPIPS_RANDOM_SEED = 0
+
+
+def psnr(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per item, data range 1; ``inf`` for identical images."""
+    a, b = _to_unit_range(x, reference, "psnr")
+    mse = (a - b).pow(2).flatten(1).mean(dim=1)
+    return -10.0 * torch.log10(mse)
+
+
+def ssim(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Structural similarity per item (Gaussian window, mean over valid positions and channels)."""
+    a, b = _to_unit_range(x, reference, "ssim")
+    batch, channels, height, width = a.shape
+    if min(height, width) < SSIM_WINDOW:
+        raise ValueError(
+            f"ssim: images must be at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels (the Gaussian "
+            f"window), got {height}x{width}"
+        )
+    a = a.reshape(batch * channels, 1, height, width)
+    b = b.reshape(batch * channels, 1, height, width)
+    # One filtering pass for the five local moments.
+    moments = _gaussian_filter_valid(torch.cat([a, b, a * a, b * b, a * b]))
+    mu_a, mu_b, aa, bb, ab = moments.chunk(5)
+    var_a = aa - mu_a * mu_a
+    var_b = bb - mu_b * mu_b
+    cov = ab - mu_a * mu_b
+    c1 = SSIM_K1**2
+    c2 = SSIM_K2**2
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
+        (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
+    )
+    return ssim_map.reshape(batch, -1).mean(dim=1)
+
+
+def lpips(
+    x: torch.Tensor,
+    reference: torch.Tensor,
+    net: str = "alex",
+    random_backbone: bool = False,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """LPIPS distance per item with the ``lpips`` package; grayscale inputs are repeated to RGB.
+
+    ``device`` is where the network runs (default: the input's device). ``random_backbone=True``
+    uses a seeded random backbone with the package's linear heads: it needs no download, but its
+    numbers are not comparable with published LPIPS.
+    """
+    _check_pair(x, reference, "lpips")
+    if net not in LPIPS_MIN_SIZE:
+        raise ValueError(f"lpips: net must be one of {list(LPIPS_MIN_SIZE)}, got {net!r}")
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"lpips: needs 1 or 3 channels, got {x.shape[1]}")
+    if min(x.shape[-2:]) < LPIPS_MIN_SIZE[net]:
+        raise ValueError(
+            f"lpips: the {net} backbone needs images of at least {LPIPS_MIN_SIZE[net]} pixels "
+            f"per side, got {x.shape[-2]}x{x.shape[-1]}"
+        )
+    run_device = torch.device(device) if device is not None else x.device
+    model = _lpips_model(net, bool(random_backbone), str(run_device))
+    a = x.to(run_device, torch.float32).clamp(-1, 1).expand(-1, 3, -1, -1)
+    b = reference.to(run_device, torch.float32).clamp(-1, 1).expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        distance = model(a, b)
+    return distance.reshape(-1).to(x.device, torch.float64)
+
+
+def lpips_label(net: str = "alex", random_backbone: bool = False) -> str:
+    """Column label for reports, so that random-backbone LPIPS is never taken for the real one."""
+    if random_backbone:
+        return f"LPIPS-{net} (random backbone, not comparable)"
+    return f"LPIPS-{net}"
+
+
+def measurement_loss(operator: Operator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-item squared residual ``||A(x) - y||^2`` (the Operator's ``loss``), shape ``(B,)``."""
+    with torch.no_grad():
+        return operator.loss(x, y).to(torch.float64)
+
+
+def _check_pair(x: torch.Tensor, reference: torch.Tensor, metric: str) -> None:
+    """Raise ValueError unless both are finite ``(B, C, H, W)`` tensors of the same shape."""
+    for name, t in (("x", x), ("reference", reference)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{metric}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{metric}: {name} must be a batch of shape (B, C, H, W), got shape "
+                f"{tuple(t.shape)}; add a batch dimension with x.unsqueeze(0)"
+            )
+    if x.shape != reference.shape:
+        raise ValueError(
+            f"{metric}: shape mismatch, x {tuple(x.shape)} vs reference {tuple(reference.shape)}"
+        )
+    for name, t in (("x", x), ("reference", reference)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{metric}: {name} has non-finite values (nan or inf)")
+
+
+def _to_unit_range(
+    x: torch.Tensor, reference: torch.Tensor, metric: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate, then map [-1, 1] to [0, 1] in float64 and clip."""
+    _check_pair(x, reference, metric)
+    a = ((x.detach().to(torch.float64) + 1) / 2).clamp(0, 1)
+    b = ((reference.detach().to(torch.float64) + 1) / 2).clamp(0, 1)
+    return a, b
+
+
+def _gaussian_filter_valid(images: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filtering of ``(N, 1, H, W)`` without padding (valid positions only)."""
+    radius = SSIM_WINDOW // 2
+    t = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    g = torch.exp(-(t**2) / (2 * SSIM_SIGMA**2))
+    g = g / g.sum()
+    out = F.conv2d(images, g.view(1, 1, -1, 1))
+    return F.conv2d(out, g.view(1, 1, 1, -1))
+
+
+@functools.cache
+def _lpips_model(net: str, random_backbone: bool, device: str) -> torch.nn.Module:
+    """Build (once per net, backbone kind and device) a frozen LPIPS model in eval mode."""
+    import lpips as lpips_package
+
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        # The package still calls torchvision's deprecated ``pretrained=`` interface.
+        warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*")
+        # Seed only the CPU generator, inside the fork: the caller's RNG state is untouched.
+        torch.random.default_generator.manual_seed(LPIPS_RANDOM_SEED)
+        try:
+            model = lpips_package.LPIPS(
+                net=net, pretrained=True, pnet_rand=random_backbone, verbose=False
+            )
+        except OSError as err:  # the backbone download failed (URLError is an OSError)
+            raise RuntimeError(
+                f"lpips: the torchvision {net} backbone weights are not in the torch hub cache "
+                f"and could not be downloaded ({err}). Put the torchvision weights file at "
+                f"{_backbone_weights_file(net)} (or point TORCH_HOME at a cache that has it), "
+                "or pass random_backbone=True for tests (its numbers are not comparable with "
+                "published LPIPS)."
+            ) from err
+    model = model.eval().to(device)
+    model.requires_grad_(False)
+    return model
+
+
+def _backbone_weights_file(net: str) -> Path:
+    """Where torchvision's loader looks for the ImageNet weights of the LPIPS backbone."""
+    from torchvision import models
+
+    weights = {
+        "alex": models.AlexNet_Weights.IMAGENET1K_V1,
+        "vgg": models.VGG16_Weights.IMAGENET1K_V1,
+        "squeeze": models.SqueezeNet1_1_Weights.IMAGENET1K_V1,
+    }[net]
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
