@@ -6,3 +6,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite is dominated by small tensor ops: one thread avoids oversubscription on 2 cores
+# (measured: 2 threads under load made small convolutions several times slower).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
