@@ -25,11 +25,14 @@ def _bench(args: argparse.Namespace) -> None:
 def _train_prior(args: argparse.Namespace) -> None:
     import torch
 
-    from experiments.train_prior import train_prior
+    from experiments.train_prior import refresh_card, train_prior
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    card = train_prior(args.name, args.out, steps=args.steps)
+    if args.evaluate_only:
+        card = refresh_card(args.name, args.out)
+    else:
+        card = train_prior(args.name, args.out, steps=args.steps)
     print(f"saved {args.name} to {args.out}; model card: {args.out}/README.md")
     for row in card["denoising_mse"]:
         print(f"  sigma {row['sigma']}: denoising MSE {row['model']} (Wiener {row['wiener']})")
@@ -63,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="output folder (created)")
     train.add_argument("--steps", type=int, default=None, help="override the training steps")
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    train.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="re-measure the model card of an already trained prior in --out",
+    )
     train.set_defaults(handler=_train_prior)
     return parser
 

@@ -139,8 +139,9 @@ class DiffusionPrior(VPDenoiser):
         timestep_mode: str = "continuous",
         ode_steps: int = 10,
         ode_method: str = "heun",
+        sigma_max: float | None = None,
     ) -> None:
-        super().__init__(network, alphas_cumprod, shape, prediction_type, timestep_mode)
+        super().__init__(network, alphas_cumprod, shape, prediction_type, timestep_mode, sigma_max)
         ode.karras_sigmas(ode_steps, self.sigma_min, self.sigma_max)  # validates ode_steps
         if ode_method not in ode.METHODS:
             raise PriorInputError(f"ode_method must be one of {ode.METHODS}, got {ode_method!r}")
@@ -386,6 +387,7 @@ def load_pixel(
     timestep_mode: str = "continuous",
     ode_steps: int = 10,
     ode_method: str = "heun",
+    sigma_max: float | None = None,
 ) -> DiffusionPrior:
     """A pixel DDPM/DDIM folder (``unet/`` UNet2DModel + ``scheduler/``)."""
     from diffusers import UNet2DModel
@@ -401,6 +403,7 @@ def load_pixel(
         timestep_mode,
         ode_steps,
         ode_method,
+        sigma_max,
     )
     return _place(prior, device)
 
@@ -415,6 +418,7 @@ def load_latent(
     timestep_mode: str = "continuous",
     ode_steps: int = 10,
     ode_method: str = "heun",
+    sigma_max: float | None = None,
     scaling_factor: float | None = None,
     quantize: bool = True,
 ) -> LatentDiffusionPrior:
@@ -442,6 +446,7 @@ def load_latent(
         timestep_mode=timestep_mode,
         ode_steps=ode_steps,
         ode_method=ode_method,
+        sigma_max=sigma_max,
     )
     return _place(prior, device)
 

@@ -28,7 +28,10 @@ class VPDenoiser(Prior):
         shape: tuple[int, ...],
         prediction_type: str = "epsilon",
         timestep_mode: str = "continuous",
+        sigma_max: float | None = None,
     ) -> None:
+        """``sigma_max`` caps the noise range the prior accepts (default: the table's top),
+        for networks that are unreliable at the highest noise levels of their schedule."""
         if prediction_type not in PREDICTION_TYPES:
             raise PriorInputError(
                 f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
@@ -43,7 +46,15 @@ class VPDenoiser(Prior):
         log_sigmas = 0.5 * torch.log((1 - abar) / abar)
         if not bool((log_sigmas[1:] > log_sigmas[:-1]).all()):
             raise PriorInputError("alphas_cumprod must decrease strictly with the timestep")
-        super().__init__(shape, float(log_sigmas[0].exp()), float(log_sigmas[-1].exp()))
+        table_max = float(log_sigmas[-1].exp())
+        if sigma_max is not None and not float(log_sigmas[0].exp()) < sigma_max <= table_max:
+            raise PriorInputError(
+                f"sigma_max must lie in ({float(log_sigmas[0].exp()):g}, {table_max:g}], "
+                f"the model's noise range; got {sigma_max}"
+            )
+        super().__init__(
+            shape, float(log_sigmas[0].exp()), table_max if sigma_max is None else sigma_max
+        )
         self.network = network
         self.prediction_type = prediction_type
         self.timestep_mode = timestep_mode
