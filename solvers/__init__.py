@@ -1,5 +1,22 @@
 """Posterior samplers for inverse problems with diffusion priors (DESIGN.md, "Solver").
 
-``solvers.priors`` holds the prior (denoiser) adapters. Importing this package stays light: no
-ray, mlflow, diffusers or transformers.
+``solvers.build(name, preset=None, **overrides)``, ``solvers.available()``,
+``solvers.presets(name)``; ``solvers.priors`` holds the prior (denoiser) adapters. Importing
+this package stays light: no ray, mlflow, diffusers or transformers.
 """
+
+from solvers.base import Result, Solver, SolverInputError, State
+from solvers.config import SolverConfigError
+from solvers.registry import available, build, presets, solver_class
+
+__all__ = [
+    "Result",
+    "Solver",
+    "SolverConfigError",
+    "SolverInputError",
+    "State",
+    "available",
+    "build",
+    "presets",
+    "solver_class",
+]

@@ -1,0 +1,236 @@
+"""The steppable Solver contract (DESIGN.md, "Solver").
+
+A solver advances a batch of particles step by step so that an ensemble can make them interact
+between steps: ``init`` -> ``step`` x ``num_steps`` -> ``result``. ``sample`` runs that loop.
+Particle i draws its randomness from its own generator seeded by (seed, i), so samples do not
+depend on how particles are batched or split over workers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from operators import Operator
+from solvers.config import SolverConfig
+from solvers.priors.base import Prior
+
+STATUS_OK = 0
+STATUS_NONFINITE = 1
+STATUS_NAMES = {STATUS_OK: "ok", STATUS_NONFINITE: "stopped: non-finite values"}
+
+
+class SolverInputError(ValueError):
+    """Input that does not fit a solver (y shape, prior kind, preset); names the fix."""
+
+
+def particle_seed(seed: int, index: int) -> int:
+    """The seed of particle ``index`` in a run seeded by ``seed`` (a fixed integer hash)."""
+    mixed = (int(seed) * 0x9E3779B97F4A7C15 + int(index) * 0xBF58476D1CE4E5B9) % (2**63 - 1)
+    return mixed ^ (mixed >> 31)
+
+
+def particle_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per particle index."""
+    return [torch.Generator().manual_seed(particle_seed(seed, i)) for i in indices]
+
+
+def particle_randn(generators: Sequence[torch.Generator], like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``, row i drawn from ``generators[i]``."""
+    shape = tuple(like.shape[1:])
+    rows = [torch.randn(shape, generator=g) for g in generators]
+    return torch.stack(rows).to(device=like.device, dtype=like.dtype)
+
+
+@dataclass
+class State:
+    """Particles of one solver run: per-particle tensors share dim 0.
+
+    ``x``: the sampling-space state; ``x0``: the current clean estimate in image space;
+    ``status``: per-particle status codes; ``extra``: solver-specific per-particle tensors;
+    ``generators``: per-particle random generators; ``seeds``/``indices`` identify particles.
+    """
+
+    x: torch.Tensor
+    x0: torch.Tensor
+    generators: list[torch.Generator]
+    indices: list[int]
+    status: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    y: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    def select(self, indices: Sequence[int] | torch.Tensor) -> State:
+        """A new state holding copies of the particles at ``indices`` (repeats allowed).
+
+        Tensors are copied and generator states cloned, so a repeated index yields identical
+        copies with identical random streams: ``reseed`` the duplicates to let them diverge.
+        """
+        index = torch.as_tensor(list(map(int, indices)), dtype=torch.long)
+        generators = []
+        for i in index.tolist():
+            g = torch.Generator()
+            g.set_state(self.generators[i].get_state())
+            generators.append(g)
+        return State(
+            x=self.x[index].clone(),
+            x0=self.x0[index].clone(),
+            generators=generators,
+            indices=[self.indices[i] for i in index.tolist()],
+            status=self.status[index].clone(),
+            extra={k: v[index].clone() for k, v in self.extra.items()},
+            y=self.y,
+        )
+
+    def reseed(self, positions: Sequence[int], seeds: Sequence[int]) -> None:
+        """Give the particles at ``positions`` fresh random streams seeded by ``seeds``."""
+        for position, seed in zip(positions, seeds, strict=True):
+            self.generators[position] = torch.Generator().manual_seed(int(seed))
+
+    def mark_nonfinite(self) -> None:
+        """Stop particles whose state or estimate holds NaN/inf (their values are frozen)."""
+        bad = ~torch.isfinite(self.x.flatten(1)).all(1) | ~torch.isfinite(self.x0.flatten(1)).all(1)
+        self.status = torch.where(bad, torch.full_like(self.status, STATUS_NONFINITE), self.status)
+
+    @property
+    def active(self) -> torch.Tensor:
+        """Boolean mask of particles still running."""
+        return self.status == STATUS_OK
+
+
+@dataclass
+class Result:
+    """Output of ``Solver.sample``."""
+
+    samples: torch.Tensor
+    status: list[str]
+    nfe: int
+    seconds: float
+    traces: dict[str, list[Any]]
+
+
+class Solver:
+    """Base class. Subclasses set ``name``, ``config_class`` and implement ``_init``/``step``."""
+
+    name: ClassVar[str] = "solver"
+    config_class: ClassVar[type[SolverConfig]] = SolverConfig
+    latent: ClassVar[bool | None] = None  # True: latent priors only, False: pixel only
+    linear_only: ClassVar[bool] = False
+
+    def __init__(self, config: SolverConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+        self.prior: Prior | None = None
+        self.operator: Operator | None = None
+
+    # -- the contract ---------------------------------------------------------------------------
+    @property
+    def num_steps(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def init(
+        self,
+        prior: Prior,
+        operator: Operator,
+        y: torch.Tensor,
+        n: int = 1,
+        seed: int | torch.Generator = 0,
+        indices: Sequence[int] | None = None,
+    ) -> State:
+        """Start ``n`` particles (or those of ``indices``) for measurement ``y``."""
+        self.check_problem(prior, operator, y)
+        seed = _as_seed(seed)
+        indices = list(range(n)) if indices is None else list(indices)
+        self.prior, self.operator = prior, operator
+        y = y if y.dim() == len(operator.output_shape) + 1 else y.unsqueeze(0)
+        return self._init(particle_generators(seed, indices), indices, y)
+
+    def _init(
+        self, generators: list[torch.Generator], indices: list[int], y: torch.Tensor
+    ) -> State:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def step(self, state: State, k: int, force: torch.Tensor | None = None) -> State:
+        """Advance every active particle by step ``k``; ``force`` is an extra drift."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def result(self, state: State) -> torch.Tensor:
+        """Final samples in image space."""
+        return state.x0
+
+    def sample(
+        self,
+        prior: Prior,
+        operator: Operator,
+        y: torch.Tensor,
+        n: int = 1,
+        seed: int | torch.Generator = 0,
+        callback: Callable[[int, State], None] | None = None,
+    ) -> Result:
+        """Run the whole loop and collect per-step traces (measurement loss, noise level)."""
+        start_nfe = prior.nfe
+        start = time.perf_counter()
+        state = self.init(prior, operator, y, n, seed)
+        traces: dict[str, list[Any]] = {"loss": [], "sigma": []}
+        for k in range(self.num_steps):
+            state = self.step(state, k)
+            traces["loss"].append(self.measurement_loss(state).tolist())
+            traces["sigma"].append(self.noise_level(k))
+            if callback is not None:
+                callback(k, state)
+        samples = self.result(state)
+        return Result(
+            samples=samples.detach(),
+            status=[STATUS_NAMES[int(s)] for s in state.status],
+            nfe=prior.nfe - start_nfe,
+            seconds=time.perf_counter() - start,
+            traces=traces,
+        )
+
+    # -- helpers shared by solvers ----------------------------------------------------------------
+    def noise_level(self, k: int) -> float:
+        """The noise level after step ``k`` (for traces); 0 where a solver has none."""
+        return 0.0
+
+    def measurement_loss(self, state: State) -> torch.Tensor:
+        """||A(x0) - y||^2 per particle (inf for stopped particles)."""
+        assert self.operator is not None and state.y is not None
+        with torch.no_grad():
+            safe = torch.where(state.active.view(-1, *([1] * (state.x0.dim() - 1))), state.x0, 0.0)
+            loss = self.operator.loss(safe, state.y)
+        return torch.where(state.active, loss, torch.full_like(loss, float("inf")))
+
+    def check_problem(self, prior: Prior, operator: Operator, y: torch.Tensor) -> None:
+        """Raise ``SolverInputError`` for a prior/operator/measurement this solver cannot use."""
+        if self.latent is True and not prior.is_latent:
+            raise SolverInputError(f"{self.name} needs a latent prior; got a pixel prior")
+        if self.latent is False and prior.is_latent:
+            raise SolverInputError(
+                f"{self.name} works in pixel space; use its latent variant for latent priors"
+            )
+        if self.linear_only and not operator.is_linear:
+            raise SolverInputError(f"{self.name} needs a linear operator; {operator.name} is not")
+        if not isinstance(y, torch.Tensor) or not y.is_floating_point():
+            raise SolverInputError("y must be a floating-point tensor")
+        if tuple(y.shape) != operator.output_shape and tuple(y.shape) != (
+            1,
+            *operator.output_shape,
+        ):
+            raise SolverInputError(
+                f"y has shape {tuple(y.shape)}; {operator.name} measures {operator.output_shape} "
+                "(one measurement, optionally with a leading batch dimension of 1)"
+            )
+        if not bool(torch.isfinite(y).all()):
+            raise SolverInputError("y contains NaN or infinite values")
+
+
+def _as_seed(seed: int | torch.Generator) -> int:
+    if isinstance(seed, torch.Generator):
+        return int(torch.randint(0, 2**62, (1,), generator=seed).item())
+    return int(seed)

@@ -1,0 +1,299 @@
+"""DPS and Latent-DPS in the EDM form of the prior contract.
+
+DPS: Chung et al., "Diffusion posterior sampling for general noisy inverse problems", ICLR 2023
+(Algorithm 1). Latent-DPS: the same in a latent space through the decoder, as defined and run
+as a baseline in ReSample (Song et al., "Solving inverse problems with latent diffusion
+models via hard data consistency", ICLR 2024, eq. 8-9 and App. C.3).
+
+Noise grid. The levels are those of a DDPM schedule (``beta_schedule`` from ``beta_start`` to
+``beta_end`` over ``train_steps``), sigma_t = sqrt((1 - abar_t) / abar_t), respaced to
+``num_steps`` timesteps t_j = round(j (T - 1) / (N - 1)) as guided-diffusion's
+``space_timesteps`` does, ordered sigma_0 > ... > sigma_{N-1}, then sigma_N = 0; levels outside
+the prior's [sigma_min, sigma_max] are clamped into it. Start: x_0 ~ N(0, (1 + sigma_0^2) I),
+the VE image of the DDPM start x_T ~ N(0, I).
+
+Step k (s = sigma_k, s' = sigma_{k+1}), one denoiser call with gradient:
+
+    x0_hat = D(x_k, s),  r = y - A(x0_hat)           (A(decode(x0_hat)) for Latent-DPS)
+    c = eta s' sqrt(s^2 - s'^2) / s,  eps_hat = (x_k - x0_hat) / s
+    x_{k+1} = x0_hat + sqrt(s'^2 - c^2) eps_hat + c xi
+              - zeta_k sqrt((1 + s^2)(1 + s'^2)) grad_{x_k} ||r||_2
+              + (s^2 - s'^2) force
+
+with xi ~ N(0, I) from the particle's own generator and ||r|| the norm of that particle's
+residual only (the reference code normalises by the norm over the whole batch, which couples
+the particles; here batch items never interact). ``step_rule = "constant"``: zeta_k = zeta, the
+``scale`` of the reference code, i.e. the paper's zeta_i = zeta' / ||r|| on grad ||r||^2 with
+zeta' = zeta / 2. ``step_rule = "alpha_bar"``: zeta_k = zeta abar_k, abar_k = 1 / (1 + s^2)
+(ReSample's Latent-DPS choice, zeta = 0.5 for natural images).
+
+Equivalence with DDPM. With x_vp = x / sqrt(1 + sigma^2) and abar = 1 / (1 + sigma^2), eta = 1
+gives exactly the DDPM ancestral step with the posterior variance beta~ (Ho et al. 2020, eq. 7):
+x0_hat + (s'^2 / s^2)(x_k - x0_hat) + (s' / s) sqrt(s^2 - s'^2) xi is the VE image of
+sqrt(abar') beta / (1 - abar) x0_hat + sqrt(alpha)(1 - abar') / (1 - abar) x_vp + sigma~ xi;
+eta = 0 gives DDIM (Song et al. 2021). The factor sqrt((1 + s^2)(1 + s'^2)) makes the
+correction the VE image of the reference's x_vp' - zeta_k grad_{x_vp} ||r||, so a zeta tuned on
+a DDPM network transfers unchanged. ``force`` is an extra log-density gradient added to the
+prior score: the ancestral mean is x_k + (s^2 - s'^2) score(x_k), so it moves x by
+(s^2 - s'^2) force.
+
+``state.x0`` is the clean estimate of the last step (x0_hat, decoded for Latent-DPS), and after
+the final step (s' = 0) the final sample x_N (decoded). Before the first step it is the image of
+the zero state (no network call).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from operators import Operator
+from solvers.base import Solver, SolverInputError, State, particle_randn
+from solvers.config import SolverConfig, SolverConfigError, choice, hyper
+
+BETA_SCHEDULES = ("linear", "scaled_linear")
+STEP_RULES = ("constant", "alpha_bar")
+
+
+@dataclass(frozen=True)
+class DPSConfig(SolverConfig):
+    """Hyperparameters of DPS (pixel priors)."""
+
+    num_steps: int = hyper(
+        1000, 1, 10000, log=True, source="DPS paper and code: 1000 DDPM ancestral steps"
+    )
+    zeta: float = hyper(
+        1.0,
+        1e-3,
+        100.0,
+        log=True,
+        source="DPS code `scale` (configs/*.yaml: 0.3 SR/deblur, 0.5 inpainting, 1.0 phase)",
+    )
+    step_rule: str = choice(
+        "constant",
+        STEP_RULES,
+        source="constant: DPS code; alpha_bar: ReSample App. C.3 (zeta_t = k abar_t)",
+    )
+    eta: float = hyper(1.0, 0.0, 1.0, source="1: DDPM ancestral step (DPS); 0: DDIM")
+    beta_schedule: str = choice(
+        "linear", BETA_SCHEDULES, source="DDPM linear (ADM / DPS); scaled_linear for LDM"
+    )
+    beta_start: float = hyper(1e-4, 1e-6, 0.1, log=True, source="DDPM (Ho et al. 2020): 1e-4")
+    beta_end: float = hyper(0.02, 1e-4, 0.5, log=True, source="DDPM (Ho et al. 2020): 0.02")
+    train_steps: int = hyper(1000, 2, 100000, log=True, source="DDPM: T = 1000")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beta_start >= self.beta_end:
+            raise SolverConfigError(
+                f"{type(self).__name__}: beta_start ({self.beta_start:g}) must be below "
+                f"beta_end ({self.beta_end:g})"
+            )
+        if self.num_steps > self.train_steps:
+            raise SolverConfigError(
+                f"{type(self).__name__}: num_steps ({self.num_steps}) cannot exceed train_steps "
+                f"({self.train_steps}): the grid respaces the training timesteps"
+            )
+
+
+@dataclass(frozen=True)
+class LatentDPSConfig(DPSConfig):
+    """Latent-DPS as run in ReSample (App. C.3): 500 DDIM steps, zeta_t = 0.5 abar_t."""
+
+    num_steps: int = hyper(500, 1, 10000, log=True, source="ReSample App. C.3: T = 500 DDIM")
+    zeta: float = hyper(
+        0.5, 1e-3, 100.0, log=True, source="ReSample App. C.3: zeta_t = 0.5 abar_t (natural images)"
+    )
+    step_rule: str = choice("alpha_bar", STEP_RULES, source="ReSample App. C.3")
+    eta: float = hyper(0.0, 0.0, 1.0, source="ReSample: DDIM, eta = 0")
+    beta_schedule: str = choice(
+        "scaled_linear", BETA_SCHEDULES, source="LDM FFHQ config (reference/algorithms.md)"
+    )
+    beta_start: float = hyper(0.0015, 1e-6, 0.1, log=True, source="LDM FFHQ: linear_start")
+    beta_end: float = hyper(0.0195, 1e-4, 0.5, log=True, source="LDM FFHQ: linear_end")
+
+
+def ddpm_sigmas(config: DPSConfig) -> list[float]:
+    """The ``num_steps + 1`` decreasing VE levels of the respaced DDPM schedule, ending at 0."""
+    t_max = config.train_steps
+    if config.beta_schedule == "linear":
+        betas = torch.linspace(config.beta_start, config.beta_end, t_max, dtype=torch.float64)
+    else:
+        betas = torch.linspace(
+            config.beta_start**0.5, config.beta_end**0.5, t_max, dtype=torch.float64
+        ).pow(2)
+    abar = torch.cumprod(1.0 - betas, dim=0)
+    n = config.num_steps
+    if n == 1:
+        steps = torch.tensor([t_max - 1])
+    else:
+        steps = torch.arange(n, dtype=torch.float64).mul((t_max - 1) / (n - 1)).round().long()
+    sigmas = ((1.0 - abar[steps]) / abar[steps]).sqrt().flip(0)
+    return [*sigmas.tolist(), 0.0]
+
+
+class DPS(Solver):
+    """Diffusion posterior sampling (Chung et al., ICLR 2023) for pixel-space priors."""
+
+    name = "dps"
+    config_class = DPSConfig
+    latent = False
+
+    def __init__(self, config: DPSConfig | None = None) -> None:
+        super().__init__(config)
+        self.sigmas: list[float] = []
+
+    @property
+    def num_steps(self) -> int:
+        return self.config.num_steps
+
+    def noise_level(self, k: int) -> float:
+        """sigma_{k+1}, the noise level of x after step ``k``."""
+        return self.sigmas[k + 1]
+
+    def _image(self, x: torch.Tensor) -> torch.Tensor:
+        """Sampling space -> image space (the decoder for Latent-DPS)."""
+        assert self.prior is not None
+        return self.prior.decode(x) if self.latent else x
+
+    def _init(
+        self, generators: list[torch.Generator], indices: list[int], y: torch.Tensor
+    ) -> State:
+        prior, operator = self.prior, self.operator
+        assert prior is not None and operator is not None
+        dtype, device = prior.dtype, prior.device
+        zeros = torch.zeros(len(indices), *prior.shape, dtype=dtype, device=device)
+        with torch.no_grad():
+            x0 = self._image(zeros)
+        if tuple(x0.shape[1:]) != operator.input_shape:
+            raise SolverInputError(
+                f"{self.name}: the prior's images have shape {tuple(x0.shape[1:])} but "
+                f"{operator.name} acts on {operator.input_shape}"
+            )
+        levels = ddpm_sigmas(self.config)
+        lo, hi = prior.sigma_min, prior.sigma_max
+        self.sigmas = [min(max(s, lo), hi) for s in levels[:-1]] + [0.0]
+        x = math.sqrt(1.0 + self.sigmas[0] ** 2) * particle_randn(generators, zeros)
+        return State(
+            x=x,
+            x0=x0,
+            generators=generators,
+            indices=indices,
+            status=torch.zeros(len(indices), dtype=torch.long),
+            y=y.to(device=device, dtype=dtype),
+        )
+
+    def step(self, state: State, k: int, force: torch.Tensor | None = None) -> State:
+        """One ancestral step with the DPS correction (module docstring) on active particles."""
+        prior, operator = self.prior, self.operator
+        if prior is None or operator is None:
+            raise SolverInputError(f"{self.name}: call init before step")
+        _check_step(self.name, state, k, self.num_steps, force)
+        rows = state.active.nonzero().flatten()
+        if rows.numel() == 0:
+            return state
+        s, s_next = self.sigmas[k], self.sigmas[k + 1]
+        cfg = self.config
+        x = state.x[rows].detach()
+        with torch.enable_grad():
+            x_in = x.clone().requires_grad_(True)
+            x0 = prior.denoise(x_in, s)
+            image = self._image(x0)
+            grad_norm = _residual_norm_grad(operator, image, state.y, x_in)
+        with torch.no_grad():
+            x0 = x0.detach()
+            c = cfg.eta * s_next * math.sqrt(max(s**2 - s_next**2, 0.0)) / s
+            x_next = x0 + math.sqrt(max(s_next**2 - c**2, 0.0)) * (x - x0) / s
+            if c > 0:
+                x_next = x_next + c * particle_randn(
+                    [state.generators[i] for i in rows.tolist()], x
+                )
+            zeta = cfg.zeta / (1.0 + s**2) if cfg.step_rule == "alpha_bar" else cfg.zeta
+            scale = zeta * math.sqrt((1.0 + s**2) * (1.0 + s_next**2))
+            x_next = x_next - scale * grad_norm
+            if force is not None:
+                x_next = x_next + (s**2 - s_next**2) * force[rows].to(x_next)
+            x0_next = self._image(x_next) if s_next == 0 else image.detach()
+        new_x, new_x0 = state.x.clone(), state.x0.clone()
+        new_x[rows], new_x0[rows] = x_next, x0_next
+        state.x, state.x0 = new_x, new_x0
+        state.mark_nonfinite()
+        return state
+
+
+class LatentDPS(DPS):
+    """Latent-DPS (ReSample, Song et al., ICLR 2024, eq. 8-9): DPS in z through ``decode``."""
+
+    name = "latent_dps"
+    config_class = LatentDPSConfig
+    latent = True
+
+
+def _residual_norm_grad(
+    operator: Operator, image: torch.Tensor, y: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    """grad_x ||y - A(image_i)||_2 per particle; rows with a non-finite image get NaN.
+
+    The squared residuals are summed over particles, so each row of the gradient holds only its
+    own particle's term; dividing J^T r by that particle's ||r|| gives the gradient of the norm
+    (0 where r = 0).
+    """
+    ok = torch.isfinite(image.flatten(1)).all(1)
+    if not bool(ok.any()):
+        return torch.full_like(x, float("nan"))
+    residual = (operator(image[ok]) - y).flatten(1)
+    sq = residual.pow(2).sum(1)
+    (grad,) = torch.autograd.grad(0.5 * sq.sum(), x)
+    norm = torch.full((x.shape[0],), float("nan"), dtype=x.dtype, device=x.device)
+    norm[ok] = sq.detach().sqrt()
+    inv = torch.where(norm > 0, 1.0 / norm, torch.zeros_like(norm))
+    inv = torch.where(ok, inv, torch.full_like(inv, float("nan")))
+    return grad * inv.view(-1, *([1] * (x.dim() - 1)))
+
+
+def _check_step(
+    name: str, state: State, k: int, num_steps: int, force: torch.Tensor | None
+) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < num_steps:
+        raise SolverInputError(
+            f"{name}: step index k must be an integer in [0, {num_steps}), got {k!r}"
+        )
+    if force is not None and tuple(force.shape) != tuple(state.x.shape):
+        raise SolverInputError(
+            f"{name}: force must have the state's shape {tuple(state.x.shape)}, got "
+            f"{tuple(force.shape)}"
+        )
+
+
+# Presets: field overrides per (backbone/task). Sources: the DPS reference code's task configs
+# (DPS2022/diffusion-posterior-sampling, configs/*_config.yaml, `scale`, FFHQ 256, sigma_y 0.05;
+# its phase-retrieval and Gaussian-deblur configs use Poisson noise), ReSample App. C.3 for
+# Latent-DPS, and the Gaussian-mixture benchmark tuning (reference/gmm_benchmark.md; see
+# tests/test_dps.py for the measured sliced Wasserstein distances).
+PRESETS: dict[str, dict[str, dict[str, object]]] = {
+    "dps": {
+        "pixel/super_resolution": {"zeta": 0.3},
+        "pixel/inpaint_box": {"zeta": 0.5},
+        "pixel/inpaint_random": {"zeta": 0.5},
+        "pixel/gaussian_blur": {"zeta": 0.3},
+        "pixel/motion_blur": {"zeta": 0.3},
+        "pixel/nonlinear_blur": {"zeta": 0.3},
+        "pixel/phase_retrieval": {"zeta": 1.0},
+        "gmm": {"num_steps": 200, "zeta": 0.2},
+    },
+    "latent_dps": {
+        "ldm/natural": {},
+        "ldm/ct": {"zeta": 2.5, "num_steps": 1000},
+        "gmm": {
+            "num_steps": 200,
+            "zeta": 0.2,
+            "step_rule": "constant",
+            "eta": 1.0,
+            "beta_schedule": "linear",
+            "beta_start": 1e-4,
+            "beta_end": 0.02,
+        },
+    },
+}
