@@ -88,11 +88,17 @@ class VPGridConfig(SolverConfig):
 
 
 def alpha_bar_table(prior: Prior, config: VPGridConfig) -> torch.Tensor:
-    """The DDPM alphas_cumprod table (train_steps,), float64: entry k is ab at DDPM time k+1."""
+    """The DDPM alphas_cumprod table, float64: entry k is ab at DDPM time k+1.
+
+    Entries noisier than the prior's ``sigma_max`` are dropped (a VP prior may cap its range
+    below its table's top), so every level of the grid is one the prior accepts.
+    """
     if config.schedule == "auto" and isinstance(prior, VPDenoiser):
-        return 1.0 / (1.0 + torch.exp(2.0 * prior.log_sigmas.detach().cpu().to(torch.float64)))
-    betas = torch.linspace(config.beta_start, config.beta_end, config.train_steps)
-    return torch.cumprod(1.0 - betas.to(torch.float64), dim=0)
+        table = 1.0 / (1.0 + torch.exp(2.0 * prior.log_sigmas.detach().cpu().to(torch.float64)))
+    else:
+        betas = torch.linspace(config.beta_start, config.beta_end, config.train_steps)
+        table = torch.cumprod(1.0 - betas.to(torch.float64), dim=0)
+    return table[(1.0 - table) / table <= prior.sigma_max**2 * (1 + 1e-9)]
 
 
 def karras_alpha_bars(prior: Prior, config: VPGridConfig, n: int) -> torch.Tensor:
@@ -117,8 +123,8 @@ def ddim_levels(prior: Prior, config: VPGridConfig, steps: int) -> torch.Tensor:
     n_train = table.numel()
     if steps > n_train:
         raise SolverInputError(
-            f"steps = {steps} exceeds the {n_train} training steps of the noise table; use "
-            f"steps <= {n_train}"
+            f"steps = {steps} exceeds the {n_train} levels of the noise table (up to the "
+            f"prior's sigma_max); use steps <= {n_train}"
         )
     c = n_train // steps
     offset = min(1, n_train - 1 - (steps - 1) * c)
@@ -140,8 +146,8 @@ def ddpm_levels(prior: Prior, config: VPGridConfig, steps: int) -> torch.Tensor:
     n_train = table.numel()
     if steps > n_train:
         raise SolverInputError(
-            f"steps = {steps} exceeds the {n_train} training steps of the noise table; use "
-            f"steps <= {n_train}"
+            f"steps = {steps} exceeds the {n_train} levels of the noise table (up to the "
+            f"prior's sigma_max); use steps <= {n_train}"
         )
     times = torch.round(torch.arange(1, steps + 1, dtype=torch.float64) * n_train / steps)
     return torch.cat([one, table[times.long() - 1]])

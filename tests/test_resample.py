@@ -59,6 +59,13 @@ def test_ddim_grid_is_the_ldm_uniform_discretisation_of_the_prior_table() -> Non
     taus = torch.arange(500) * 2 + 1
     torch.testing.assert_close(levels[1:], table[taus], rtol=1e-12, atol=0)
     assert float(levels[0]) == pytest.approx(float(table[0]), rel=1e-12)
+    # A prior capped below its table's top: the grid uses the table up to sigma_max only.
+    capped = VPDenoiser(_Zero(), table, (2,), sigma_max=20.0)
+    kept = table[(1 - table) / table <= 400]
+    levels = ddim_levels(capped, solvers.build("resample", steps=100).config, 100)
+    c = kept.numel() // 100
+    torch.testing.assert_close(levels[1:], kept[torch.arange(100) * c + 1], rtol=1e-12, atol=0)
+    assert float(((1 - levels) / levels).max()) <= 400
     # For a non-VP prior "auto" falls back to the linear DDPM betas.
     gmm_levels = ddim_levels(_problem().prior, config, 500)
     linear = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=F64), 0)
