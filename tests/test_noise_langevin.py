@@ -234,17 +234,17 @@ def test_nonfinite_particle_stops_alone(problem):
 
 
 def test_gmm_preset_against_the_exact_posterior():
-    # Far from exact on the well-separated mixture (particles stay in the generator basins of
-    # the modes they start or warm-start in). Measured with this preset on MCGdiff instance
-    # (8, 2, 0): SW 4.39 / 3.32 / 3.24 for particle seeds 0 / 1 / 2 at n = 64 (3.64 at
-    # n = 2000; floor 0.036); prior samples score about 13.
-    p = mcgdiff_problem(8, 2, seed=0)
+    # Far from exact on the well-separated mixture: Langevin steps rarely cross between the
+    # generator's mode basins. Measured with this preset on MCGdiff instance (8, 4, 0): SW 1.11 /
+    # 1.17 / 1.39 for particle seeds 0 / 1 / 2 at n = 64 (floor of two exact 2k sample sets
+    # 0.033); prior samples score about 14.
+    p = mcgdiff_problem(8, 4, seed=0)
     solver = solvers.build("noise_langevin", preset="gmm")
     result = solver.sample(p.prior, p.operator, p.y, n=64, seed=0)
     reference = p.posterior.sample(2000, 1)
     sw = sliced_wasserstein(result.samples, reference)
-    assert sw < 6.0, sw
-    assert sliced_wasserstein(p.prior.sample(64, 2), reference) > 2 * sw
+    assert sw < 1.7, sw
+    assert sliced_wasserstein(p.prior.sample(64, 2), reference) > 8 * sw
 
 
 def test_bad_input_raises(problem):
