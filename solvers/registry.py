@@ -16,6 +16,8 @@ from solvers.base import Solver, SolverInputError
 _REGISTRY: dict[str, str] = {
     "dps": "solvers.dps:DPS",
     "latent_dps": "solvers.dps:LatentDPS",
+    "daps": "solvers.daps:DAPS",
+    "daps_opt": "solvers.daps_opt:DAPSOpt",
     "resample": "solvers.resample:ReSample",
     "noise_langevin": "solvers.noise_langevin:NoiseLangevin",
     "cdps": "solvers.cdps:CDPS",
