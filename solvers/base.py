@@ -17,6 +17,7 @@ import torch
 
 from operators import Operator
 from solvers.config import SolverConfig
+from solvers.preset_rules import preset_mismatch
 from solvers.priors.base import Prior
 
 STATUS_OK = 0
@@ -126,6 +127,7 @@ class Solver:
 
     def __init__(self, config: SolverConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
+        self.preset: str | None = None  # set by ``build``; checked against the problem
         self.prior: Prior | None = None
         self.operator: Operator | None = None
 
@@ -228,6 +230,10 @@ class Solver:
             )
         if not bool(torch.isfinite(y).all()):
             raise SolverInputError("y contains NaN or infinite values")
+        if self.preset is not None:
+            problem = preset_mismatch(self.preset, prior.is_latent, operator.name)
+            if problem is not None:
+                raise SolverInputError(f"{self.name}: {problem}")
 
 
 def _as_seed(seed: int | torch.Generator) -> int:

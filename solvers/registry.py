@@ -56,4 +56,6 @@ def build(name: str, preset: str | None = None, **overrides: Any) -> Solver:
             )
         values.update(table[preset])
     values.update(overrides)
-    return cls(cls.config_class.from_overrides(**values))
+    solver = cls(cls.config_class.from_overrides(**values))
+    solver.preset = preset
+    return solver
