@@ -1,4 +1,22 @@
 """Particle ensembles on Ray actors: repulsion, pruning, selection (DESIGN.md, "Ensemble").
 
-Not built yet: this package is reserved by the layout and filled by the ensemble issue.
+``ensemble.run(spec) -> EnsembleResult`` runs N particles of one solver, batched in the driver
+(``backend="local"``) or spread over Ray actors (``backend="ray"``), with repulsion in feature
+space, top-k pruning or SMC resampling between steps, checkpoints and recovery from dead
+workers. ``import ensemble`` does not import ray.
 """
+
+from ensemble.run import Ensemble, EnsembleResult, run
+from ensemble.spec import SMC, EnsembleSpec, EnsembleSpecError, OperatorSpec, Pruning, Repulsion
+
+__all__ = [
+    "SMC",
+    "Ensemble",
+    "EnsembleResult",
+    "EnsembleSpec",
+    "EnsembleSpecError",
+    "OperatorSpec",
+    "Pruning",
+    "Repulsion",
+    "run",
+]

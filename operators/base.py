@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,6 +30,8 @@ class Operator(nn.Module):
 
     name: str = "operator"
     is_linear: bool = False
+    # (registered name, build parameters), set by ``operators.build``; None when built directly
+    build_spec: tuple[str, dict[str, Any]] | None = None
 
     def __init__(self, input_shape: Sequence[int], sigma: float = 0.05) -> None:
         super().__init__()

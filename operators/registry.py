@@ -38,9 +38,15 @@ def operator_class(name: str) -> type[Operator]:
 
 
 def build(name: str, **params: Any) -> Operator:
-    """Build the operator ``name`` with keyword parameters (``shape``, ``sigma``, ...)."""
+    """Build the operator ``name`` with keyword parameters (``shape``, ``sigma``, ...).
+
+    The name and parameters are kept as ``operator.build_spec`` so that workers elsewhere can
+    rebuild the same operator (its random parts then come from its ``state_dict`` buffers).
+    """
     cls = operator_class(name)
     try:
-        return cls(**params)
+        operator = cls(**params)
     except TypeError as err:
         raise OperatorInputError(f"operator {name!r}: {err}") from err
+    operator.build_spec = (name, dict(params))
+    return operator

@@ -22,7 +22,12 @@ from solvers.priors.base import Prior
 
 STATUS_OK = 0
 STATUS_NONFINITE = 1
-STATUS_NAMES = {STATUS_OK: "ok", STATUS_NONFINITE: "stopped: non-finite values"}
+STATUS_PRUNED = 2  # set by an ensemble: the particle lost a pruning round and is not stepped
+STATUS_NAMES = {
+    STATUS_OK: "ok",
+    STATUS_NONFINITE: "stopped: non-finite values",
+    STATUS_PRUNED: "stopped: pruned by measurement loss",
+}
 
 
 class SolverInputError(ValueError):

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -9,3 +11,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The suite is dominated by small tensor ops: one thread avoids oversubscription on 2 cores
 # (measured: 2 threads under load made small convolutions several times slower).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One small local Ray instance for the whole test session (platform.md: never per test)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=100 * 2**20,
+            log_to_driver=False,
+        )
+    yield ray
+    ray.shutdown()

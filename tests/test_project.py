@@ -28,9 +28,9 @@ def test_lower_layers_never_import_higher_ones(layer):
     assert offenders == []
 
 
-def test_importing_operators_and_solvers_stays_light():
+def test_importing_operators_solvers_and_ensemble_stays_light():
     code = (
-        "import sys, operators, solvers, solvers.priors; "
+        "import sys, operators, solvers, solvers.priors, ensemble; "
         "heavy = [m for m in ('ray', 'mlflow', 'diffusers', 'transformers', 'lpips') "
         "if m in sys.modules]; print(','.join(heavy))"
     )

@@ -21,6 +21,7 @@ import torch
 
 from operators.base import Operator
 from operators.matrix import MatrixOperator
+from operators.registry import build as build_operator
 from operators.random import make_generator
 from solvers.priors.base import Prior, PriorInputError, check_finite_range, sigma_view
 
@@ -349,7 +350,7 @@ def mcgdiff_problem(
     y = x_star @ A.T + sigma_y * eps
     dtype = _resolve_dtype(dtype)
     prior = prior.to(device=device, dtype=dtype)
-    operator = MatrixOperator(A.to(device=device, dtype=dtype), sigma=sigma_y)
+    operator = build_operator("matrix", A=A.to(device=device, dtype=dtype), sigma=sigma_y)
     y = y.to(device=device, dtype=dtype)
     return GMMProblem(
         prior=prior,

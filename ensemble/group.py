@@ -1,0 +1,159 @@
+"""A group of particles in one process: the unit a worker (Ray actor or the driver) holds.
+
+The group rebuilds prior, operator and solver from the spec, runs ``solver.step`` on its batch,
+reports features and measurement losses, and exports, imports and restores particle states
+(payloads of CPU tensors and generator states) for pruning, resampling and checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+import solvers
+from ensemble.features import FeatureMap
+from ensemble.payload import Payload
+from ensemble.spec import EnsembleSpec, Repulsion
+from solvers.base import STATUS_PRUNED, State, particle_seed
+from solvers.priors.loading import load
+
+
+class ParticleGroup:
+    """Particles with global slot numbers ``slots`` of the run described by ``spec``."""
+
+    def __init__(self, spec: EnsembleSpec, slots: list[int], threads: int = 0) -> None:
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.spec = spec
+        self.slots = list(slots)
+        prior_options = {} if spec.device == "cpu" else {"device": spec.device}
+        self.prior = load(spec.prior, **prior_options)
+        self.operator = spec.operator.build(spec.device)
+        self.solver = solvers.build(spec.solver, spec.preset, **dict(spec.overrides))
+        self.features = FeatureMap(spec.features, self.prior, spec.dino_model)
+        self.state: State | None = None
+        self._graph: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- running ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Initialise the particles of this group (their streams depend on (seed, slot) only)."""
+        y = self.spec.y.to(self.spec.device)
+        self.state = self.solver.init(
+            self.prior, self.operator, y, seed=self.spec.seed, indices=self.slots
+        )
+
+    def observe(self, k: int, repulsion: Repulsion) -> dict[str, Any]:
+        """Losses, status and noise level before step ``k``; features where repulsion acts.
+
+        The noise level is that of the current state (after step k - 1; the first step's level
+        before step 0).
+        """
+        began = time.perf_counter()
+        state = self._state()
+        sigma = self.solver.noise_level(max(k - 1, 0))
+        out: dict[str, Any] = {
+            "loss": self.solver.measurement_loss(state).double().cpu(),
+            "status": state.status.cpu(),
+            "sigma": sigma,
+            "sigma_y": float(self.operator.sigma),
+            "nfe": self.prior.nfe,
+            "features": None,
+        }
+        self._graph = None
+        if repulsion.active(sigma):
+            leaf, features = self.features(state)
+            self._graph = (leaf, features)
+            out["features"] = features.detach().double().cpu()
+        out["seconds"] = time.perf_counter() - began
+        return out
+
+    def step(self, k: int, push: torch.Tensor | None, weight: float) -> float:
+        """Solver step ``k``; ``push`` (this group's rows) becomes ``weight`` x its pull-back."""
+        began = time.perf_counter()
+        state = self._state()
+        force = None
+        if push is not None:
+            if self._graph is None:
+                raise RuntimeError("step received a push without an observe(want_features) first")
+            leaf, features = self._graph
+            force = weight * self.features.pullback(leaf, features, push).to(state.x)
+            force = torch.where(state.active.view(-1, *[1] * (force.dim() - 1)), force, 0.0)
+        self._graph = None
+        self.state = self.solver.step(state, k, force=force)
+        return time.perf_counter() - began
+
+    def samples(self) -> torch.Tensor:
+        """Final samples in image space (CPU)."""
+        return self.solver.result(self._state()).detach().cpu()
+
+    def losses(self) -> torch.Tensor:
+        return self.solver.measurement_loss(self._state()).double().cpu()
+
+    def nfe(self) -> int:
+        return self.prior.nfe
+
+    # -- moving particles ------------------------------------------------------------------------
+    def export(self, positions: list[int]) -> Payload:
+        """Copies of the particles at local ``positions`` (CPU tensors, generator states)."""
+        state = self._state()
+        index = torch.as_tensor(positions, dtype=torch.long, device=state.x.device)
+        return {
+            "x": state.x[index].cpu(),
+            "x0": state.x0[index].cpu(),
+            "status": state.status[index].cpu(),
+            "extra": {k: v[index].cpu() for k, v in state.extra.items()},
+            "generators": [state.generators[i].get_state() for i in positions],
+        }
+
+    def assign(
+        self, positions: list[int], payload: Payload | None, seeds: list[int] | None
+    ) -> None:
+        """Overwrite the particles at local ``positions``; ``seeds`` give them fresh streams."""
+        if not positions or payload is None:
+            return
+        state = self._state()
+        index = torch.as_tensor(positions, dtype=torch.long, device=state.x.device)
+        state.x = state.x.clone()
+        state.x0 = state.x0.clone()
+        state.status = state.status.clone()
+        state.x[index] = payload["x"].to(state.x)
+        state.x0[index] = payload["x0"].to(state.x0)
+        state.status[index] = payload["status"].to(state.status)
+        state.extra = {k: v.clone() for k, v in state.extra.items()}
+        for key, value in payload["extra"].items():
+            state.extra[key][index] = value.to(state.extra[key])
+        for position, generator_state in zip(positions, payload["generators"], strict=True):
+            state.generators[position].set_state(generator_state)
+        if seeds is not None:
+            state.reseed(positions, seeds)
+
+    def prune(self, positions: list[int]) -> None:
+        """Stop the particles at local ``positions`` (they lost a pruning round)."""
+        state = self._state()
+        state.status = state.status.clone()
+        state.status[torch.as_tensor(positions, dtype=torch.long)] = STATUS_PRUNED
+
+    def statuses(self) -> torch.Tensor:
+        return self._state().status.cpu()
+
+    def snapshot(self) -> Payload:
+        """The whole group as a payload (a checkpoint)."""
+        return self.export(list(range(len(self.slots))))
+
+    def restore(self, payload: Payload) -> None:
+        """Put the group back to a snapshot (starting it first if needed)."""
+        if self.state is None:
+            self.start()
+        self.assign(list(range(len(self.slots))), payload, None)
+
+    def _state(self) -> State:
+        if self.state is None:
+            raise RuntimeError("the particle group has not been started")
+        return self.state
+
+
+def copy_seed(run_seed: int, slot: int, step: int) -> int:
+    """The fresh stream of a copy placed in ``slot`` before ``step`` (independent of workers)."""
+    return particle_seed(particle_seed(run_seed, slot), 1_000_003 + step)

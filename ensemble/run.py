@@ -1,0 +1,349 @@
+"""The step-synchronous ensemble loop on the driver (DESIGN.md, "Ensemble").
+
+Each outer step k: one barrier gathers every group's measurement losses (and features where
+repulsion acts); the driver prunes (top-k) or resamples (SMC) and copies survivors' states into
+freed slots; it computes the repulsion push in feature space and scatters it; each group pulls
+its push back to its particles and calls ``solver.step(state, k, force)``. Every
+``checkpoint_every`` steps the particles and the driver's own state are snapshotted (in memory,
+and on disk with ``checkpoint_dir``): a dead worker rolls the run back to the snapshot, and a
+stopped run resumes from disk, with the same samples as an undisturbed run.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import solvers
+from ensemble.backends import LocalBackend, RayBackend, WorkerLostError, make_backend
+from ensemble.group import copy_seed
+from ensemble.interaction import (
+    effective_sample_size,
+    place_copies,
+    rbf_repulsion,
+    smc_log_potential,
+    systematic_resample,
+    top_k_ancestors,
+)
+from ensemble.payload import concat_payloads, nbytes, take_rows
+from ensemble.spec import EnsembleSpec
+from solvers.base import STATUS_NAMES, STATUS_OK, particle_seed
+
+CHECKPOINT_FILE = "ensemble_checkpoint.pt"
+_SMC_SALT = 0x5EC
+
+
+@dataclass
+class EnsembleResult:
+    """Samples and diagnostics of one ensemble run."""
+
+    samples: torch.Tensor  # the selected samples, (len(selected), *image shape)
+    all_samples: torch.Tensor  # every slot's final sample, (N, *image shape)
+    loss: torch.Tensor  # final measurement loss per slot (inf for stopped particles)
+    status: list[str]
+    selected: list[int]
+    origin: list[int]  # the initial particle each slot descends from
+    nfe: int  # network evaluations per particle (the largest count over workers)
+    seconds: float
+    traces: dict[str, list[Any]]
+    stats: dict[str, float]  # coordination/compute seconds, bytes moved, network calls, restarts
+
+
+@dataclass
+class DriverState:
+    """What the driver carries between steps (checkpointed with the particles)."""
+
+    step: int
+    origin: torch.Tensor
+    log_weights: torch.Tensor | None = None
+    potential: torch.Tensor | None = None
+    traces: dict[str, list[Any]] = field(
+        default_factory=lambda: {"loss_best": [], "alive": [], "sigma": [], "ess": [], "moves": []}
+    )
+
+
+class Ensemble:
+    """Runs one ``EnsembleSpec``; ``run(callback)`` calls ``callback(k, self)`` after step k."""
+
+    def __init__(self, spec: EnsembleSpec) -> None:
+        self.spec = spec
+        self.num_steps = solvers.build(spec.solver, spec.preset, **dict(spec.overrides)).num_steps
+        for step in spec.pruning.steps:
+            if step >= self.num_steps:
+                raise ValueError(
+                    f"pruning step {step} is beyond the solver's {self.num_steps} steps; use "
+                    f"steps in [0, {self.num_steps - 1}]"
+                )
+        self.backend: LocalBackend | RayBackend | None = None
+        self.stats = {"coordination_seconds": 0.0, "compute_seconds": 0.0, "bytes": 0.0}
+        self.restarts = 0
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(
+        self, callback: Callable[[int, Ensemble], None] | None = None, resume: bool = False
+    ) -> EnsembleResult:
+        began = time.perf_counter()
+        self.backend = backend = make_backend(self.spec)
+        try:
+            snapshot = self._load_checkpoint() if resume else None
+            if snapshot is None:
+                backend.call("start")
+                snapshot = self._snapshot(DriverState(0, torch.arange(self.spec.particles)))
+            else:
+                self._restore(snapshot)
+            driver = copy.deepcopy(snapshot["driver"])
+            progress = _progress(self.spec, self.num_steps, driver.step)
+            while driver.step < self.num_steps:
+                try:
+                    self._step(driver)
+                except WorkerLostError:
+                    driver = self._recover(snapshot)
+                    progress.reset(total=self.num_steps)
+                    progress.update(driver.step)
+                    continue
+                driver.step += 1
+                progress.update(1)
+                progress.set_postfix(
+                    alive=driver.traces["alive"][-1], best=f"{driver.traces['loss_best'][-1]:.4g}"
+                )
+                if driver.step % self.spec.checkpoint_every == 0 or driver.step == self.num_steps:
+                    snapshot = self._snapshot(driver)
+                if callback is not None:
+                    callback(driver.step, self)
+            progress.close()
+            return self._finish(driver, time.perf_counter() - began)
+        finally:
+            backend.shutdown()
+
+    def _step(self, driver: DriverState) -> None:
+        k, backend = driver.step, self._backend()
+        wall = time.perf_counter()
+        observed = backend.call("observe", [(k, self.spec.repulsion)] * len(backend.partition))
+        loss = torch.cat([o["loss"] for o in observed])
+        status = torch.cat([o["status"] for o in observed])
+        sigma = float(observed[0]["sigma"])
+        ancestors = self._select(driver, k, loss, status, float(observed[0]["sigma_y"]), sigma)
+        moved = 0
+        if k in self.spec.pruning.steps and not self.spec.pruning.refill:
+            status = torch.cat(backend.call("statuses"))  # the losers were just stopped
+        if ancestors is not None:
+            moved = self._move(ancestors, k)
+            driver.origin = driver.origin[ancestors]
+            if moved and observed[0]["features"] is not None:
+                observed = backend.call("observe", [(k, self.spec.repulsion)] * len(observed))
+                status = torch.cat([o["status"] for o in observed])
+        pushes = self._pushes(observed, status)
+        weight = self.spec.repulsion.weight
+        spent = backend.call("step", [(k, p, weight) for p in pushes])
+        compute = max(o["seconds"] + s for o, s in zip(observed, spent, strict=True))
+        self.stats["compute_seconds"] += compute
+        self.stats["coordination_seconds"] += time.perf_counter() - wall - compute
+        self.stats["bytes"] += nbytes([o for o in observed]) + nbytes(pushes)
+        alive = status == STATUS_OK
+        driver.traces["loss_best"].append(float(loss[alive].min()) if alive.any() else float("inf"))
+        driver.traces["alive"].append(int(alive.sum()))
+        driver.traces["sigma"].append(sigma)
+        ess = effective_sample_size(driver.log_weights) if driver.log_weights is not None else None
+        driver.traces["ess"].append(ess)
+        driver.traces["moves"].append(moved)
+
+    # -- interaction -----------------------------------------------------------------------------
+    def _select(
+        self,
+        driver: DriverState,
+        k: int,
+        loss: torch.Tensor,
+        status: torch.Tensor,
+        sigma_y: float,
+        sigma: float,
+    ) -> torch.Tensor | None:
+        """Ancestors from pruning or SMC at step k (None: nothing changes)."""
+        spec, n = self.spec, self.spec.particles
+        loss = torch.where(status == STATUS_OK, loss, torch.full_like(loss, float("inf")))
+        if k in spec.pruning.steps:
+            keep = spec.pruning.keep[spec.pruning.steps.index(k)]
+            keep = min(keep, int((status == STATUS_OK).sum())) or 1
+            ancestors, kept = top_k_ancestors(loss, keep, spec.pruning.refill)
+            if not spec.pruning.refill:
+                self._prune((~kept) & (status == STATUS_OK))
+                return None
+            return ancestors
+        smc = spec.smc
+        end = smc.end if smc.end is not None else self.num_steps
+        if not smc.enabled or not smc.start <= k < end:
+            return None
+        phi = smc_log_potential(loss, sigma_y, sigma, smc.temperature)
+        if driver.potential is None or driver.log_weights is None:
+            driver.log_weights, driver.potential = torch.zeros(n, dtype=torch.float64), phi
+            return None
+        increment = torch.where(torch.isfinite(phi), phi - driver.potential, float("-inf"))
+        driver.log_weights = torch.nan_to_num(driver.log_weights + increment, nan=float("-inf"))
+        driver.potential = phi
+        if not torch.isfinite(driver.log_weights).any():
+            return None
+        if effective_sample_size(driver.log_weights) >= smc.ess_threshold * n:
+            return None
+        generator = torch.Generator().manual_seed(particle_seed(spec.seed ^ _SMC_SALT, k))
+        u = float(torch.rand((), generator=generator, dtype=torch.float64))
+        ancestors = place_copies(systematic_resample(driver.log_weights, u))
+        driver.log_weights = torch.zeros(n, dtype=torch.float64)
+        driver.potential = driver.potential[ancestors]
+        return ancestors
+
+    def _pushes(self, observed: list[dict[str, Any]], status: torch.Tensor) -> list[Any]:
+        """Per-group repulsion pushes (None where repulsion does not act at this step)."""
+        if observed[0]["features"] is None:
+            return [None] * len(observed)
+        features = torch.cat([o["features"] for o in observed])
+        alive = status == STATUS_OK
+        push = torch.zeros_like(features)
+        if int(alive.sum()) >= 2:
+            push[alive] = rbf_repulsion(features[alive], self.spec.repulsion.svgd)
+        sizes = [len(slots) for slots in self._backend().partition]
+        return list(torch.split(push, sizes))
+
+    def _move(self, ancestors: torch.Tensor, k: int) -> int:
+        """Copy ancestors' states into the slots that need them; returns the number of copies."""
+        backend = self._backend()
+        slots = [i for i in range(self.spec.particles) if int(ancestors[i]) != i]
+        if not slots:
+            return 0
+        where = {s: (g, p) for g, part in enumerate(backend.partition) for p, s in enumerate(part)}
+        sources = sorted({int(ancestors[i]) for i in slots})
+        wanted: list[list[int]] = [[] for _ in backend.partition]
+        for source in sources:
+            wanted[where[source][0]].append(where[source][1])
+        exported = backend.call("export", [(rows,) for rows in wanted])
+        row_of = {}
+        for g, rows in enumerate(wanted):
+            for r, position in enumerate(rows):
+                row_of[backend.partition[g][position]] = (g, r)
+        assignments = []
+        for g in range(len(backend.partition)):
+            targets = [s for s in slots if where[s][0] == g]
+            rows = [row_of[int(ancestors[s])] for s in targets]
+            payload = None
+            if rows:
+                payload = concat_payloads([take_rows(exported[src], [r]) for src, r in rows])
+            seeds = [copy_seed(self.spec.seed, s, k) for s in targets]
+            assignments.append(([where[s][1] for s in targets], payload, seeds))
+        backend.call("assign", assignments)
+        self.stats["bytes"] += nbytes(exported) + nbytes(assignments)
+        return len(slots)
+
+    def _prune(self, stop: torch.Tensor) -> None:
+        backend = self._backend()
+        calls = [([p for p, s in enumerate(part) if bool(stop[s])],) for part in backend.partition]
+        backend.call("prune", calls)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _snapshot(self, driver: DriverState) -> dict[str, Any]:
+        payloads = self._backend().call("snapshot")
+        snapshot = {"driver": copy.deepcopy(driver), "particles": concat_payloads(payloads)}
+        self.stats["bytes"] += nbytes(payloads)
+        if self.spec.checkpoint_dir is not None:
+            folder = Path(self.spec.checkpoint_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            temporary = folder / (CHECKPOINT_FILE + ".tmp")
+            torch.save({**snapshot, "fingerprint": self._fingerprint()}, temporary)
+            os.replace(temporary, folder / CHECKPOINT_FILE)
+        return snapshot
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        backend = self._backend()
+        payloads = [take_rows(snapshot["particles"], part) for part in backend.partition]
+        backend.call("restore", [(p,) for p in payloads])
+
+    def _recover(self, snapshot: dict[str, Any]) -> DriverState:
+        """Replace dead workers and roll every group back to the last snapshot."""
+        self.restarts += 1
+        if self.restarts > self.spec.max_restarts:
+            raise RuntimeError(
+                f"workers died {self.restarts} times (max_restarts = {self.spec.max_restarts}); "
+                "the last checkpoint is kept"
+                + (f" in {self.spec.checkpoint_dir}" if self.spec.checkpoint_dir else "")
+            )
+        self._backend().respawn()
+        self._restore(snapshot)
+        return copy.deepcopy(snapshot["driver"])
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        if self.spec.checkpoint_dir is None:
+            raise ValueError("resume needs checkpoint_dir: the folder a previous run wrote to")
+        path = Path(self.spec.checkpoint_dir) / CHECKPOINT_FILE
+        if not path.is_file():
+            return None
+        saved = torch.load(path, weights_only=False)
+        if saved.get("fingerprint") != self._fingerprint():
+            raise ValueError(
+                f"{path} belongs to a different run (solver, prior, operator, y, particles or "
+                "seed differ); use another checkpoint_dir or remove the file"
+            )
+        return saved
+
+    def _fingerprint(self) -> str:
+        spec = self.spec
+        parts = [spec.solver, spec.preset, sorted(dict(spec.overrides).items()), str(spec.prior)]
+        parts += [spec.operator.name, sorted(map(str, dict(spec.operator.params).items()))]
+        parts += [spec.particles, spec.seed, spec.features, spec.repulsion, spec.pruning, spec.smc]
+        digest = hashlib.sha256(repr(parts).encode())
+        digest.update(spec.y.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    # -- the end ---------------------------------------------------------------------------------
+    def _finish(self, driver: DriverState, seconds: float) -> EnsembleResult:
+        backend = self._backend()
+        samples = torch.cat(backend.call("samples"))
+        loss = torch.cat(backend.call("losses"))
+        status = torch.cat(backend.call("statuses"))
+        calls = backend.call("nfe")
+        ok = [i for i in range(self.spec.particles) if int(status[i]) == STATUS_OK]
+        candidates = ok or list(range(self.spec.particles))
+        if self.spec.selection == "best":
+            order = sorted(candidates, key=lambda i: float(loss[i]))
+            selected = order[: self.spec.select_k]
+        else:
+            selected = candidates
+        steps = max(len(driver.traces["alive"]), 1)
+        return EnsembleResult(
+            samples=samples[selected],
+            all_samples=samples,
+            loss=loss,
+            status=[STATUS_NAMES[int(s)] for s in status],
+            selected=selected,
+            origin=driver.origin.tolist(),
+            nfe=int(max(calls)),
+            seconds=seconds,
+            traces=driver.traces,
+            stats={
+                **self.stats,
+                "bytes_per_step": self.stats["bytes"] / steps,
+                "network_calls": float(sum(calls)),
+                "restarts": float(self.restarts),
+            },
+        )
+
+    def _backend(self) -> LocalBackend | RayBackend:
+        assert self.backend is not None, "the ensemble is not running"
+        return self.backend
+
+
+def _progress(spec: EnsembleSpec, total: int, initial: int) -> Any:
+    """A progress bar over steps (particles alive, best measurement loss as postfix)."""
+    from tqdm.auto import tqdm
+
+    label = f"{spec.solver} x{spec.particles} ({spec.backend})"
+    return tqdm(total=total, initial=initial, desc=label, disable=not spec.progress, leave=False)
+
+
+def run(spec: EnsembleSpec, resume: bool = False) -> EnsembleResult:
+    """Run an ensemble from its spec (``resume`` continues from ``spec.checkpoint_dir``)."""
+    return Ensemble(spec).run(resume=resume)
