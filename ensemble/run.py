@@ -54,7 +54,9 @@ class EnsembleResult:
     nfe: int  # network evaluations per particle (the largest count over workers)
     seconds: float
     traces: dict[str, list[Any]]
-    stats: dict[str, float]  # coordination/compute seconds, bytes moved, network calls, restarts
+    # loop/compute/coordination seconds (coordination = loop - compute: driver work, transfers,
+    # waiting, checkpoints), bytes moved between driver and workers, network calls, restarts
+    stats: dict[str, float]
 
 
 @dataclass
@@ -83,7 +85,9 @@ class Ensemble:
                     f"steps in [0, {self.num_steps - 1}]"
                 )
         self.backend: LocalBackend | RayBackend | None = None
-        self.stats = {"coordination_seconds": 0.0, "compute_seconds": 0.0, "bytes": 0.0}
+        # compute: the slowest worker's time inside observe + step, summed over steps;
+        # loop: driver wall time of the step loop (checkpoints and recoveries included)
+        self.stats = {"compute_seconds": 0.0, "loop_seconds": 0.0, "bytes": 0.0}
         self.restarts = 0
 
     # -- the loop --------------------------------------------------------------------------------
@@ -101,6 +105,7 @@ class Ensemble:
                 self._restore(snapshot)
             driver = copy.deepcopy(snapshot["driver"])
             progress = _progress(self.spec, self.num_steps, driver.step)
+            loop_began = time.perf_counter()
             while driver.step < self.num_steps:
                 try:
                     self._step(driver)
@@ -119,13 +124,13 @@ class Ensemble:
                 if callback is not None:
                     callback(driver.step, self)
             progress.close()
+            self.stats["loop_seconds"] = time.perf_counter() - loop_began
             return self._finish(driver, time.perf_counter() - began)
         finally:
             backend.shutdown()
 
     def _step(self, driver: DriverState) -> None:
         k, backend = driver.step, self._backend()
-        wall = time.perf_counter()
         observed = backend.call("observe", [(k, self.spec.repulsion)] * len(backend.partition))
         loss = torch.cat([o["loss"] for o in observed])
         status = torch.cat([o["status"] for o in observed])
@@ -145,7 +150,6 @@ class Ensemble:
         spent = backend.call("step", [(k, p, weight) for p in pushes])
         compute = max(o["seconds"] + s for o, s in zip(observed, spent, strict=True))
         self.stats["compute_seconds"] += compute
-        self.stats["coordination_seconds"] += time.perf_counter() - wall - compute
         self.stats["bytes"] += nbytes([o for o in observed]) + nbytes(pushes)
         alive = status == STATUS_OK
         driver.traces["loss_best"].append(float(loss[alive].min()) if alive.any() else float("inf"))
@@ -325,6 +329,7 @@ class Ensemble:
             traces=driver.traces,
             stats={
                 **self.stats,
+                "coordination_seconds": self.stats["loop_seconds"] - self.stats["compute_seconds"],
                 "bytes_per_step": self.stats["bytes"] / steps,
                 "network_calls": float(sum(calls)),
                 "restarts": float(self.restarts),
