@@ -1,0 +1,389 @@
+"""ExperimentConfig: a typed, validated description of a dataset x tasks x methods run.
+
+Loaded from YAML with dotted command-line overrides (``ensemble.particles=8``,
+``methods.daps.overrides.mcmc_steps=50``: list items are addressed by their ``name`` or their
+position). Everything is checked before any work starts; a bad field raises ``ConfigError``
+naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import operators
+import solvers
+from ensemble.spec import BACKENDS, FEATURES, SELECTIONS, SMC, Pruning, Repulsion
+
+
+class ConfigError(ValueError):
+    """An experiment config that cannot run; the message names the field and the fix."""
+
+
+@dataclass
+class DataConfig:
+    """Ground-truth images: a built-in dataset split, or a folder of images."""
+
+    dataset: str = "digits"  # built-in name (digits, faces, photos) or "folder"
+    folder: str | None = None
+    split: str = "test"
+    images: int = 4  # the first ``images`` images of the split (0: all)
+    size: int | None = None
+    channels: int | None = None
+
+
+@dataclass
+class TaskConfig:
+    """One forward operator: a registered operator name and its build parameters."""
+
+    name: str
+    operator: str
+    params: dict[str, Any] = field(default_factory=dict)
+    sigma: float = 0.05
+
+
+@dataclass
+class MethodConfig:
+    """One solver setting; ``ensemble`` overrides fields of the experiment's ensemble.
+
+    ``preset`` may contain ``{task}``, replaced by each task's operator name
+    (``pixel_hmc/{task}`` -> ``pixel_hmc/super_resolution``).
+    """
+
+    name: str
+    solver: str
+    preset: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    ensemble: dict[str, Any] = field(default_factory=dict)
+
+    def preset_for(self, task: TaskConfig) -> str | None:
+        return None if self.preset is None else self.preset.replace("{task}", task.operator)
+
+
+@dataclass
+class EnsembleConfig:
+    """Particles and their interaction (see ensemble.EnsembleSpec)."""
+
+    particles: int = 1
+    backend: str = "local"
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    address: str | None = None
+    features: str = "pixels"
+    dino_model: str | None = None
+    repulsion: dict[str, Any] = field(default_factory=dict)
+    pruning: dict[str, Any] = field(default_factory=dict)
+    smc: dict[str, Any] = field(default_factory=dict)
+    selection: str = "best"
+    select_k: int = 1
+    checkpoint_every: int = 10
+
+
+@dataclass
+class MetricsConfig:
+    """LPIPS settings (PSNR, SSIM, measurement loss, diversity and std are always computed)."""
+
+    lpips: bool = True
+    lpips_net: str = "vgg"
+    lpips_random_backbone: bool = False
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow: SQLite under the output folder unless ``uri`` names another store or server."""
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "dipswarm"
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one ``dipswarm run`` needs."""
+
+    name: str = "experiment"
+    prior: Any = "digits"  # a solvers.priors.load spec: a name, a path, or a dict
+    data: DataConfig = field(default_factory=DataConfig)
+    tasks: list[TaskConfig] = field(default_factory=list)
+    methods: list[MethodConfig] = field(default_factory=list)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    output: str = "runs/experiment"
+    device: str = "cpu"
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def method_ensemble(self, method: MethodConfig) -> EnsembleConfig:
+        """The experiment's ensemble settings with the method's own overrides applied."""
+        return dataclasses.replace(self.ensemble, **method.ensemble)
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> ExperimentConfig:
+    """The config from a YAML file (or ``base``), with ``key.path=value`` overrides, validated."""
+    raw: dict[str, Any] = copy.deepcopy(dict(base or {}))
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a YAML mapping of config fields")
+        raw = {**raw, **copy.deepcopy(loaded)}
+    for item in overrides:
+        apply_override(raw, item)
+    config = from_dict(raw)
+    validate(config)
+    return config
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in nested dicts/lists (list items by ``name`` or index)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like field.path=value")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    value = yaml.safe_load(text) if text.strip() else None
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = _child(node, part, ".".join(parts[: depth + 1]))
+        if child is None:
+            child = {}
+            _set(node, part, child, key)
+        node = child
+    _set(node, parts[-1], value, key)
+
+
+def _child(node: Any, part: str, where: str) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list):
+        return node[_list_index(node, part, where)]
+    raise ConfigError(f"override path {where!r}: cannot descend into {type(node).__name__}")
+
+
+def _set(node: Any, part: str, value: Any, key: str) -> None:
+    if isinstance(node, dict):
+        node[part] = value
+    elif isinstance(node, list):
+        node[_list_index(node, part, key)] = value
+    else:
+        raise ConfigError(f"override {key!r}: cannot set a field inside {type(node).__name__}")
+
+
+def _list_index(items: list[Any], part: str, where: str) -> int:
+    if part.isdigit() and int(part) < len(items):
+        return int(part)
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == part:
+            return i
+    names = [str(item.get("name")) for item in items if isinstance(item, dict)]
+    raise ConfigError(
+        f"override path {where!r}: no list item named or numbered {part!r}; items: {names}"
+    )
+
+
+def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
+    """Build the typed config; unknown fields and wrong types raise ``ConfigError``."""
+    return _build(ExperimentConfig, raw, "")
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where or 'config'} must be a mapping of fields, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown field(s) {', '.join(_join(where, u) for u in unknown)}; allowed in "
+            f"{where or 'the config'}: {', '.join(fields)}"
+        )
+    values = {name: _convert(hints[name], value, _join(where, name)) for name, value in raw.items()}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _convert(option, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_convert(item, v, f"{where}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {hint}")  # pragma: no cover
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+# -- meaning -----------------------------------------------------------------------------------
+def validate(config: ExperimentConfig) -> None:
+    """Semantic checks: names exist, ranges hold, presets and overrides fit their solver."""
+    from experiments.data import SPLITS, builtin_datasets
+
+    data = config.data
+    if data.dataset == "folder":
+        if not data.folder or not Path(data.folder).is_dir():
+            raise ConfigError(
+                f"data.folder = {data.folder!r} must be an existing folder of images when "
+                "data.dataset is 'folder'"
+            )
+    elif data.dataset not in builtin_datasets():
+        raise ConfigError(
+            f"data.dataset = {data.dataset!r}; allowed: {', '.join(builtin_datasets())}, folder"
+        )
+    if data.split not in SPLITS:
+        raise ConfigError(f"data.split = {data.split!r}; allowed: {', '.join(SPLITS)}")
+    _at_least("data.images", data.images, 0)
+    if not config.tasks:
+        raise ConfigError("tasks is empty; list at least one task (name, operator, params)")
+    if not config.methods:
+        raise ConfigError("methods is empty; list at least one method (name, solver, preset)")
+    _unique("tasks", [t.name for t in config.tasks])
+    _unique("methods", [m.name for m in config.methods])
+    for i, task in enumerate(config.tasks):
+        if task.operator not in operators.available():
+            raise ConfigError(
+                f"tasks.{task.name}.operator = {task.operator!r}; allowed: "
+                f"{', '.join(operators.available())}"
+            )
+        _at_least(f"tasks.{i}.sigma", task.sigma, 0.0)
+    for method in config.methods:
+        _validate_method(config, method)
+    if config.metrics.lpips_net not in ("alex", "vgg", "squeeze"):
+        raise ConfigError(
+            f"metrics.lpips_net = {config.metrics.lpips_net!r}; allowed: alex, vgg, squeeze"
+        )
+    if config.device != "cpu" and not config.device.startswith("cuda"):
+        raise ConfigError(f"device = {config.device!r}; allowed: cpu, cuda, cuda:N")
+
+
+def _validate_method(config: ExperimentConfig, method: MethodConfig) -> None:
+    where = f"methods.{method.name}"
+    if method.solver not in solvers.available():
+        raise ConfigError(
+            f"{where}.solver = {method.solver!r}; allowed: {', '.join(solvers.available())}"
+        )
+    for task in config.tasks:
+        preset = method.preset_for(task)
+        if preset is not None and preset not in solvers.presets(method.solver):
+            raise ConfigError(
+                f"{where}.preset = {method.preset!r} gives {preset!r} for task {task.name!r}, "
+                f"which {method.solver} does not have; presets: "
+                f"{', '.join(sorted(solvers.presets(method.solver)))}"
+            )
+        try:
+            solvers.build(method.solver, preset, **method.overrides)
+        except ValueError as err:
+            raise ConfigError(f"{where}.overrides: {err}") from err
+    allowed = {f.name for f in dataclasses.fields(EnsembleConfig)}
+    unknown = sorted(set(method.ensemble) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}.ensemble has unknown field(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(sorted(allowed))}"
+        )
+    ens = _build(EnsembleConfig, dataclasses.asdict(config.method_ensemble(method)), where)
+    for name, value, options in (
+        ("backend", ens.backend, BACKENDS),
+        ("features", ens.features, FEATURES),
+        ("selection", ens.selection, SELECTIONS),
+    ):
+        if value not in options:
+            raise ConfigError(f"{where} ensemble.{name} = {value!r}; allowed: {', '.join(options)}")
+    interaction(ens, where)
+    _at_least(f"{where} ensemble.particles", ens.particles, 1)
+    _at_least(f"{where} ensemble.workers", ens.workers, 1)
+    if ens.workers > ens.particles:
+        raise ConfigError(
+            f"{where}: ensemble.workers = {ens.workers} exceeds ensemble.particles = "
+            f"{ens.particles}"
+        )
+
+
+def interaction(ens: EnsembleConfig, where: str = "ensemble") -> tuple[Repulsion, Pruning, SMC]:
+    """The ensemble's repulsion, pruning and SMC settings as ``ensemble.spec`` objects."""
+    built = []
+    for name, cls in (("repulsion", Repulsion), ("pruning", Pruning), ("smc", SMC)):
+        values = dict(getattr(ens, name))
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"{where} ensemble.{name} has unknown field(s) {', '.join(unknown)}; allowed: "
+                f"{', '.join(allowed)}"
+            )
+        for key in ("steps", "keep"):
+            if key in values:
+                values[key] = tuple(values[key])
+        built.append(cls(**values))
+    repulsion, pruning, smc = built
+    return repulsion, pruning, smc
+
+
+def _at_least(where: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"{where} = {value!r} must be >= {low}")
+
+
+def _unique(where: str, names: list[str]) -> None:
+    seen = {n for n in names if names.count(n) > 1}
+    if seen:
+        raise ConfigError(f"{where} names must be unique; repeated: {', '.join(sorted(seen))}")
+
+
+def dump_config(config: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (``load_config`` reads it back)."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,97 @@
+"""ExperimentConfig: YAML + dotted overrides, and errors that name the field before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.config import ConfigError, dump_config, load_config
+
+BASE = {
+    "name": "unit",
+    "prior": "digits",
+    "data": {"dataset": "digits", "split": "test", "images": 2},
+    "tasks": [{"name": "sr", "operator": "super_resolution", "params": {"factor": 4}}],
+    "methods": [
+        {
+            "name": "daps",
+            "solver": "daps",
+            "preset": "pixel_hmc/{task}",
+            "overrides": {"mcmc_steps": 3},
+        }
+    ],
+    "output": "out",
+}
+
+
+def test_yaml_and_dotted_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    config = load_config(
+        path,
+        [
+            "ensemble.particles=4",
+            "ensemble.workers=2",
+            "methods.daps.overrides.mcmc_steps=50",
+            "methods.0.ensemble.repulsion.weight=25",
+            "tasks.sr.sigma=0.01",
+            "data.images=0",
+        ],
+    )
+    assert config.ensemble.particles == 4 and config.ensemble.workers == 2
+    assert config.methods[0].overrides == {"mcmc_steps": 50}
+    assert config.methods[0].ensemble == {"repulsion": {"weight": 25}}
+    assert config.tasks[0].sigma == 0.01 and isinstance(config.tasks[0].sigma, float)
+    assert config.methods[0].preset_for(config.tasks[0]) == "pixel_hmc/super_resolution"
+    dump_config(config, tmp_path / "again.yaml")
+    assert load_config(tmp_path / "again.yaml") == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["data.imgs=3"], r"unknown field\(s\) data\.imgs; allowed in data: dataset"),
+        (["data.images=many"], r"data\.images must be an integer, got 'many'"),
+        (["data.dataset=cifar"], r"data\.dataset = 'cifar'; allowed: digits"),
+        (["tasks.sr.operator=deblur"], r"tasks\.sr\.operator = 'deblur'; allowed: .*gaussian_blur"),
+        (["methods.daps.solver=ddrm"], r"methods\.daps\.solver = 'ddrm'; allowed: cdps"),
+        (
+            ["methods.daps.preset=nope/{task}"],
+            r"methods\.daps\.preset .* gives .nope/super_resolution.",
+        ),
+        (
+            ["methods.daps.overrides.mcmc_steps=0"],
+            r"methods\.daps\.overrides: .*mcmc_steps = 0 is out of range",
+        ),
+        (["methods.daps.overrides.stepsize=1"], r"has no field\(s\) stepsize"),
+        (["ensemble.backend=slurm"], r"ensemble\.backend = 'slurm'; allowed: local, ray"),
+        (["ensemble.workers=3"], r"ensemble\.workers = 3 exceeds ensemble\.particles = 1"),
+        (["ensemble.repulsion.strength=2"], r"ensemble\.repulsion has unknown field\(s\) strength"),
+        (["methods.0.ensemble.particle=2"], r"ensemble has unknown field\(s\) particle"),
+        (["metrics.lpips_net=resnet"], r"metrics\.lpips_net = 'resnet'; allowed: alex, vgg"),
+        (["tasks.nope.sigma=1"], r"no list item named or numbered 'nope'; items: \['sr'\]"),
+        (["device=tpu"], r"device = 'tpu'; allowed: cpu, cuda"),
+        (["ensemble.particles"], r"must look like field\.path=value"),
+    ],
+)
+def test_bad_fields_are_named_before_any_work(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides, base=BASE)
+
+
+def test_missing_file_and_empty_lists(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="tasks is empty"):
+        load_config(None, [], base={**BASE, "tasks": []})
+
+
+def test_builtin_configs_are_valid() -> None:
+    configs = sorted(
+        (Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.yaml")
+    )
+    assert any(p.stem == "demo" for p in configs)
+    for path in configs:
+        load_config(path)
