@@ -240,3 +240,12 @@ def test_shipped_prior_ensemble_with_pixel_repulsion() -> None:
     assert torch.equal(plain.all_samples, direct.samples)
     assert (whole.all_samples - plain.all_samples).abs().amax() > 1e-4  # repulsion acted
     torch.testing.assert_close(split.all_samples, whole.all_samples, rtol=1e-4, atol=1e-4)
+
+
+def test_progress_bar_shows_steps_particles_alive_and_best_loss(problem, capsys) -> None:
+    ensemble.run(
+        _spec(problem, progress=True, pruning=Pruning(steps=(5,), keep=(2,), refill=False))
+    )
+    err = capsys.readouterr().err
+    assert "daps x6 (local)" in err and "10/10" in err
+    assert "alive=2" in err and "best=" in err
