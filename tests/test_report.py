@@ -1,0 +1,318 @@
+"""Reports on a fake output folder: numbers against numpy, files re-read, grid pixels, MLflow."""
+
+from __future__ import annotations
+
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from experiments import report
+
+COLUMNS = [
+    "task",
+    "method",
+    "image",
+    "index",
+    "seed",
+    "psnr",
+    "ssim",
+    "lpips",
+    "lpips_backbone",
+    "measurement_loss",
+    "diversity",
+    "posterior_std",
+    "nfe",
+    "seconds",
+    "particles",
+    "status",
+    "error",
+]
+RANDOM = "random-vgg (not comparable to papers)"
+# (task, method) -> number of images; the first pair also gets one failed image
+PAIRS = {("sr", "dps"): 3, ("sr", "daps"): 4, ("inpaint", "dps"): 2, ("inpaint", "daps"): 1}
+
+
+def _results(gen: torch.Generator) -> pd.DataFrame:
+    """Per-image rows in the runner's layout, pairs interleaved, one failed row (no metrics)."""
+    rows = []
+    for (task, method), n in PAIRS.items():
+        for i in range(n):
+            m = torch.rand(4, generator=gen, dtype=torch.float64).tolist()
+            rows.append(
+                dict(
+                    task=task,
+                    method=method,
+                    image=f"test_{i:04d}",
+                    index=i,
+                    seed=i,
+                    psnr=20 + 10 * m[0],
+                    ssim=m[1],
+                    lpips=m[2],
+                    lpips_backbone=RANDOM,
+                    measurement_loss=m[3],
+                    diversity=0.1,
+                    posterior_std=0.2,
+                    nfe=100 if method == "dps" else 400,
+                    seconds=1 + m[3],
+                    particles=4,
+                    status="ok",
+                    error="",
+                )
+            )
+    failed = dict.fromkeys(COLUMNS, None) | dict(
+        task="sr",
+        method="dps",
+        image="test_0009",
+        index=9,
+        seed=9,
+        status="failed",
+        error="RuntimeError: diverged",
+        lpips_backbone=RANDOM,
+    )
+    rows.insert(1, failed)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _sample(gen: torch.Generator, measurement_shape: tuple[int, ...], n: int) -> dict:
+    """A samples/<task>/<method>/<image>.pt dict with values beyond [-1, 1] to test clipping."""
+    shape = (1, 8, 6)
+    samples = torch.rand(n, *shape, generator=gen) * 2.4 - 1.2
+    return {
+        "ground_truth": torch.rand(shape, generator=gen) * 2 - 1,
+        "measurement": torch.rand(measurement_shape, generator=gen) * 2 - 1,
+        "samples": samples,
+        "selected": samples[:2],
+        "mean": samples.mean(0),
+        "std": samples.std(0),
+    }
+
+
+@pytest.fixture
+def output(tmp_path: Path) -> Path:
+    """A fake output folder: results.csv and two sample files (image-shaped or not y)."""
+    gen = torch.Generator().manual_seed(0)
+    out = tmp_path / "run_a"
+    out.mkdir()
+    _results(gen).to_csv(out / "results.csv", index=False)
+    for task, y_shape, n in (("inpaint", (1, 8, 6), 5), ("sr", (1, 2, 3), 3)):
+        folder = out / "samples" / task / "dps"
+        folder.mkdir(parents=True)
+        torch.save(_sample(gen, y_shape, n), folder / "test_0000.pt")
+        torch.save(_sample(gen, y_shape, n), folder / "test_0001.pt")
+    return out
+
+
+def test_summary_matches_numpy_and_counts_failed(output: Path) -> None:
+    df = report.load_results(output)
+    summary = report.summary_table(df)
+    assert list(summary.index) == list(PAIRS)  # first-appearance order
+    for (task, method), n in PAIRS.items():
+        rows = df[(df.task == task) & (df.method == method)]
+        ok = rows[rows.status == "ok"]
+        assert len(ok) == n
+        got = summary.loc[(task, method)]
+        for m in report.METRICS:
+            values = ok[m].to_numpy(dtype=float)
+            assert got[f"{m}_mean"] == pytest.approx(np.mean(values), rel=1e-12)
+            std = np.std(values, ddof=1) if n > 1 else math.nan
+            assert got[f"{m}_std"] == pytest.approx(std, rel=1e-12, nan_ok=True)
+        assert got["images"] == n
+        assert got["failed"] == len(rows) - n
+        assert got["seconds_per_image"] == pytest.approx(ok.seconds.mean())
+        assert got["nfe"] == (100 if method == "dps" else 400)
+        mean, std = got["psnr_mean"], got["psnr_std"]
+        assert got["psnr"] == (f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}")
+    assert summary.loc[("sr", "dps"), "failed"] == 1
+    assert summary.loc[("sr", "dps"), "images"] == 3
+
+
+def test_markdown_rows_values_and_backbone_note(output: Path) -> None:
+    summary = report.summary_table(report.load_results(output))
+    text = report.markdown_table(summary)
+    lines = text.splitlines()
+    assert lines[0].startswith("| task | method | PSNR ↑ | SSIM ↑ | LPIPS ↓ †")
+    body = [line for line in lines[2:] if line.startswith("| ")]
+    assert [tuple(line.split(" | ")[:2]) for line in body] == [(f"| {t}", m) for t, m in PAIRS]
+    first = summary.loc[("sr", "dps")]
+    cells = body[0].split(" | ")
+    assert cells[2] == f"{first.psnr_mean:.2f} ± {first.psnr_std:.2f}"
+    assert cells[3] == f"{first.ssim_mean:.3f} ± {first.ssim_std:.3f}"
+    assert cells[4] == f"{first.lpips_mean:.3f} ± {first.lpips_std:.3f}"
+    assert cells[5] == "3 (1)"
+    assert "randomly initialised backbone" in text and RANDOM in text
+
+
+class _Cells(HTMLParser):
+    """Texts of the <td> cells of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: list[str] = []
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self._inside = tag == "td"
+        if self._inside:
+            self.cells.append("")
+
+    def handle_data(self, data: str) -> None:
+        if self._inside:
+            self.cells[-1] += data.strip()
+
+
+def test_write_report_files_reread(output: Path) -> None:
+    paths = report.write_report(output)
+    assert {p.name for p in paths.values()} == {
+        "report.md",
+        "report.csv",
+        "report.html",
+        "psnr_vs_nfe.png",
+        "overview.png",
+    }
+    summary = report.summary_table(report.load_results(output))
+    csv = pd.read_csv(paths["csv"])
+    assert list(zip(csv.task, csv.method, strict=True)) == list(PAIRS)
+    np.testing.assert_allclose(csv.psnr_mean, summary.psnr_mean, rtol=1e-12)
+    np.testing.assert_allclose(csv.lpips_std, summary.lpips_std, rtol=1e-12)
+    assert list(csv.psnr) == list(summary.psnr)
+    parser = _Cells()
+    parser.feed(paths["html"].read_text(encoding="utf-8"))
+    for label in summary.psnr:
+        assert label in parser.cells
+    assert report.markdown_table(summary) in paths["md"].read_text(encoding="utf-8")
+    with Image.open(paths["plot"]) as image:
+        assert image.width > 300 and image.height > 200
+
+
+@pytest.mark.parametrize(("task", "shown_y"), [("inpaint", True), ("sr", False)])
+def test_image_grid_width_and_pixels(output: Path, tmp_path: Path, task: str, shown_y: bool):
+    source = output / "samples" / task / "dps" / "test_0000.pt"
+    sample = torch.load(source, weights_only=True)
+    max_samples = 4
+    png = report.image_grid(source, tmp_path / "grid.png", max_samples=max_samples)
+    shown = min(max_samples, len(sample["samples"]))
+    panels = 1 + int(shown_y) + shown + 2
+    with Image.open(png) as image:
+        assert image.mode == "L"
+        pixels = np.asarray(image)
+    assert pixels.shape == (8, panels * 6)
+
+    def mapped(x: torch.Tensor) -> np.ndarray:
+        return np.rint(np.clip((x[0].double().numpy() + 1) / 2, 0, 1) * 255)
+
+    expected = [mapped(sample["ground_truth"])]
+    if shown_y:
+        expected.append(mapped(sample["measurement"]))
+    expected += [mapped(s) for s in sample["samples"][:shown]]
+    expected.append(mapped(sample["mean"]))
+    std = sample["std"][0].double().numpy()
+    expected.append(np.rint(std / std.max() * 255))
+    for k, panel in enumerate(expected):
+        for r, c in ((0, 0), (3, 2), (7, 5)):
+            assert pixels[r, k * 6 + c] == panel[r, c], (k, r, c)
+
+
+def test_overview_one_row_per_pair(output: Path) -> None:
+    png = report.overview_grid(output)
+    assert png == output / "overview.png"
+    scale = report.OVERVIEW_HEIGHT // 8  # 8-pixel images enlarged to 64
+    with Image.open(png) as image:
+        assert image.height == 2 * 8 * scale
+        assert image.width > (1 + 1 + 4 + 2) * 6 * scale  # widest row plus the labels
+        grid = np.asarray(image.convert("L"))
+    sample = torch.load(output / "samples" / "inpaint" / "dps" / "test_0000.pt", weights_only=True)
+    truth = np.rint(np.clip((sample["ground_truth"][0].double().numpy() + 1) / 2, 0, 1) * 255)
+    left = image.width - (1 + 1 + 4 + 2) * 6 * scale  # inpaint has the widest row
+    assert grid[0 : 8 * scale : scale, left : left + 6 * scale : scale].tolist() == truth.tolist()
+
+
+def test_load_many_keeps_runs_apart(output: Path, tmp_path: Path) -> None:
+    other = tmp_path / "run_b"
+    other.mkdir()
+    (output / "results.csv").replace(other / "results.csv")
+    _results(torch.Generator().manual_seed(1)).to_csv(output / "results.csv", index=False)
+    df = report.load_many([output, other])
+    assert list(df.columns[:3]) == ["run", "task", "method"]
+    summary = report.summary_table(df)
+    assert summary.index.names == ["run", "task", "method"]
+    assert len(summary) == 2 * len(PAIRS)
+    mine = df[(df.run == "run_b") & (df.task == "inpaint") & (df.method == "dps")]
+    got = summary.loc[("run_b", "inpaint", "dps"), "ssim_mean"]
+    assert got == pytest.approx(mine.ssim.mean())
+
+
+def test_main_writes_report(output: Path, capsys: pytest.CaptureFixture) -> None:
+    report.main([str(output)])
+    assert "| sr | dps |" in capsys.readouterr().out
+    assert (output / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_load_mlflow_reads_child_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("bench", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(experiment, run_name="sweep")
+    logged = {
+        ("sr", "dps"): dict(
+            psnr_mean=25.5,
+            psnr_std=1.25,
+            ssim_mean=0.7,
+            ssim_std=0.05,
+            lpips_mean=0.3,
+            lpips_std=0.02,
+            nfe=100.0,
+            seconds_per_image=2.0,
+            images=3.0,
+            failed=1.0,
+        ),
+        ("sr", "daps"): dict(
+            psnr_mean=27.0,
+            psnr_std=0.5,
+            ssim_mean=0.8,
+            ssim_std=0.01,
+            lpips_mean=0.2,
+            lpips_std=0.03,
+            nfe=400.0,
+            seconds_per_image=5.0,
+            images=4.0,
+            failed=0.0,
+        ),
+    }
+    for (task, method), metrics in logged.items():
+        child = client.create_run(
+            experiment, tags={"mlflow.parentRunId": parent.info.run_id}, run_name=method
+        )
+        client.log_param(child.info.run_id, "task", task)
+        client.log_param(child.info.run_id, "method", method)
+        client.log_metric(child.info.run_id, "psnr_mean", 1.0, step=0)  # overwritten below
+        for name, value in metrics.items():
+            client.log_metric(child.info.run_id, name, value, step=1)
+        client.set_terminated(child.info.run_id)
+    client.set_terminated(parent.info.run_id)
+
+    df = report.load_mlflow(uri, "bench")
+    assert list(zip(df.task, df.method, strict=True)) == list(logged)
+    assert set(df.run) == {"sweep"}
+    for row, metrics in zip(df.itertuples(), logged.values(), strict=True):
+        for name, value in metrics.items():
+            assert getattr(row, name) == value
+    summary = report.summary_table(df)
+    assert summary.loc[("sr", "dps"), "psnr"] == "25.50 ± 1.25"
+    assert "| sr | daps | 27.00 ± 0.50 | 0.800 ± 0.010 | 0.200 ± 0.030 | 4 (0) | 400 |" in (
+        report.markdown_table(summary)
+    )
+    with pytest.raises(ValueError, match="no MLflow experiment"):
+        report.load_mlflow(uri, "missing")
+    with pytest.raises(FileNotFoundError, match="no MLflow database"):
+        report.load_mlflow(f"sqlite:///{tmp_path.resolve()}/other.db", "bench")
+    assert not (tmp_path / "other.db").exists()
