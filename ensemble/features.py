@@ -78,5 +78,11 @@ def load_dino(model: str | None) -> torch.nn.Module:
     from transformers import AutoModel
 
     local = Path(model).is_dir()
+    if not local and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise FileNotFoundError(
+            f"dino_model {model!r} is not a folder; give a local folder holding a transformers "
+            "ViT/DINOv2 model (config.json + model.safetensors) or a hub id such as "
+            "'facebook/dinov2-small'"
+        )
     network = AutoModel.from_pretrained(model, local_files_only=local, use_safetensors=True)
     return network.eval().requires_grad_(False)

@@ -9,11 +9,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 # benchmark name -> module with a ``main(argv)`` function
 BENCHMARKS: dict[str, str] = {
     "operators": "experiments.benchmarks.operators",
     "priors": "experiments.benchmarks.priors",
+    "gmm": "experiments.benchmarks.gmm",
+    "image_tasks": "experiments.benchmarks.image_tasks",
+    "solver_overhead": "experiments.benchmarks.solver_overhead",
+    "ensemble_gmm": "experiments.benchmarks.ensemble_gmm",
+    "ensemble_scaling": "experiments.benchmarks.ensemble_scaling",
+    "tracking_overhead": "experiments.benchmarks.tracking_overhead",
 }
 
 
@@ -38,6 +47,66 @@ def _train_prior(args: argparse.Namespace) -> None:
         print(f"  sigma {row['sigma']}: denoising MSE {row['model']} (Wiener {row['wiener']})")
 
 
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def _run(args: argparse.Namespace) -> None:
+    from experiments.config import load_config
+
+    config = load_config(_config_path(args.config), args.overrides)
+    _run_and_summarise(config, args.resume, not args.no_progress)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from experiments.config import load_config
+
+    overrides = list(args.overrides)
+    if args.output is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        overrides.insert(0, f"output={Path('dipswarm-demo').resolve() / stamp}")
+    else:
+        overrides.insert(0, f"output={Path(args.output).resolve()}")
+    config = load_config(CONFIGS / "demo.yaml", overrides)
+    print(
+        f"dipswarm demo: prior {config.prior!r}, {len(config.tasks)} tasks x "
+        f"{len(config.methods)} methods x {config.data.images} test images -> {config.output}"
+    )
+    _run_and_summarise(config, resume=args.output is not None and args.resume, progress=True)
+
+
+def _run_and_summarise(config: Any, resume: bool, progress: bool) -> None:
+    from experiments.report import load_results, markdown_table, summary_table
+    from experiments.runner import run_experiment
+    from experiments.tracking import Tracker
+
+    began = time.perf_counter()
+    output = run_experiment(config, resume=resume, progress=progress)
+    results = load_results(output)
+    print()
+    print(markdown_table(summary_table(results)))
+    print(f"\nfinished in {time.perf_counter() - began:.0f} s")
+    print(f"results:  {output / 'results.csv'}  (report: {output / 'report.md'})")
+    print(f"images:   {output / 'images'}  (overview grids per task and method)")
+    failed = int((results["status"] != "ok").sum())
+    if failed:
+        print(f"failed:   {failed} image(s); see {output / 'errors.log'}")
+    if config.tracking.enabled:
+        tracker = Tracker(config.tracking.uri, config.tracking.experiment, output, enabled=True)
+        print(f"browse:   {tracker.ui_command()}")
+
+
+def _config_path(name: str) -> Path:
+    """A config file path, or the name of a YAML preset in experiments/configs/."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    preset = CONFIGS / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if preset.is_file():
+        return preset
+    presets = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+    raise SystemExit(f"dipswarm: no config file {name!r}; built-in configs: {presets}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dipswarm`` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -53,6 +122,38 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
     bench.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark")
     bench.set_defaults(handler=_bench)
+
+    run = commands.add_parser(
+        "run",
+        help="run an experiment config (dataset x tasks x methods)",
+        description="Run an ExperimentConfig from YAML; overrides are dotted field paths, e.g. "
+        "ensemble.particles=8 methods.daps.overrides.mcmc_steps=50 data.images=10.",
+    )
+    run.add_argument("config", help="YAML file, or the name of a built-in config")
+    run.add_argument("overrides", nargs="*", help="field.path=value overrides")
+    run.add_argument("--resume", action="store_true", help="skip images already finished")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(handler=_run)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the main job: a small ensemble experiment on a shipped prior (minutes on a CPU)",
+        description="Run experiments/configs/demo.yaml: a shipped digit prior, three seed "
+        "tasks, DAPS as one chain and as a 4-particle Ray ensemble with repulsion and pruning; "
+        "prints the results table, where the images are and how to browse the runs in MLflow.",
+    )
+    demo.add_argument("overrides", nargs="*", help="field.path=value overrides")
+    demo.add_argument("--output", default=None, help="output folder (default: a new one)")
+    demo.add_argument("--resume", action="store_true", help="continue --output's run")
+    demo.set_defaults(handler=_demo)
+
+    commands.add_parser(  # dispatched to experiments.report.main, which has its own parser
+        "report",
+        help="tables, grids and plots of finished runs (dipswarm report --help for options)",
+        description="Write report.md / .csv / .html, psnr_vs_nfe.png and overview.png for "
+        "output folders of dipswarm run, or for an MLflow experiment. Options: OUTPUT [OUTPUT "
+        "...] [--out DIR] [--experiment NAME] [--tracking-uri URI].",
+    )
 
     from experiments.train_prior import PRESETS
 
@@ -77,7 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dipswarm`` console script."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:  # the report has its own parser (and --help)
+        from experiments.report import main as report_main
+
+        report_main(argv[1:])
+        return 0
+    args = build_parser().parse_args(argv)
     args.handler(args)
     return 0
 

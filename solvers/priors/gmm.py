@@ -21,8 +21,8 @@ import torch
 
 from operators.base import Operator
 from operators.matrix import MatrixOperator
-from operators.registry import build as build_operator
 from operators.random import make_generator
+from operators.registry import build as build_operator
 from solvers.priors.base import Prior, PriorInputError, check_finite_range, sigma_view
 
 # Largest noise level accepted by ``denoise``: far above the spread of any benchmark mixture

@@ -1,0 +1,452 @@
+"""MLflow tracking: one parent run per experiment (or study), one child run per unit of work.
+
+An experiment is the parent and each (task, method) a child; a search study is the parent and
+each trial a child. Children carry the ``mlflow.parentRunId`` tag, which is what nests them in
+the MLflow UI. The store defaults to SQLite under the output folder with an absolute URI (MLflow's
+own default is relative to the working directory, which Ray Tune changes per trial), and
+artifacts of local stores go to ``OUTPUT/mlartifacts``.
+
+Cost: metrics go through ``log_batch`` (up to 1000 per call) because one ``log_metric`` call costs
+a SQLite transaction (tens of ms on a loaded machine); ``Tracker.seconds`` adds up the wall time
+of every tracking call, including the lazy ``import mlflow`` and the creation of the database, so
+that the runner can report the overhead. ``experiments/benchmarks/tracking_overhead.py`` compares
+batched and per-metric logging.
+
+A new SQLite store is a copy of an empty, migrated one cached per MLflow version
+(``~/.cache/dipswarm/mlflow-<version>.db``, or under ``XDG_CACHE_HOME``): MLflow's 69 schema
+migrations take 1.8 s on an idle 2-core machine and 16 s on a loaded one, the copy about 0.3 s.
+MLflow still checks the copy's schema revision when it opens it.
+
+Only one process should write to a SQLite store (the driver); for several writers run
+``mlflow server`` and pass its ``http://`` URI. mlflow is imported lazily: importing this module
+stays light.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
+from importlib.metadata import version
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+# Limits of MLflow 3.17 (mlflow.utils.validation); tests/test_tracking.py checks they still hold.
+PARAM_VALUE_LIMIT = 6000
+PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
+PARENT_TAG = "mlflow.parentRunId"
+# Stores reached through a server: MLflow (not this process) decides where artifacts go.
+REMOTE_SCHEMES = frozenset({"http", "https", "databricks"})
+DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+SQLITE_PREFIX = "sqlite:///"
+# Characters MLflow accepts in param and metric names (POSIX); others become "_".
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+def default_tracking_uri(output: str | Path) -> str:
+    """The default store: an absolute SQLite URI, ``OUTPUT/mlflow.db``."""
+    return f"{SQLITE_PREFIX}{Path(output).expanduser().resolve()}/mlflow.db"
+
+
+def resolve_tracking_uri(uri: str | None, output: str | Path) -> str:
+    """An absolute tracking URI for ``uri``, so that it means the same store from any directory.
+
+    - ``None`` or ``""``: ``default_tracking_uri(output)``.
+    - ``sqlite:///rel.db``: made absolute against the current directory (as MLflow reads it now).
+    - A plain path ending in .db/.sqlite/.sqlite3: ``sqlite:///`` + its absolute path.
+    - A plain directory path or a ``file:`` URI (MLflow's file store, which raises since MLflow
+      3.13): converted to SQLite in that directory, ``DIR/mlflow.db``. A directory that already
+      holds a file store raises ``ValueError`` (its runs would silently be left behind) saying how
+      to migrate it; with ``MLFLOW_ALLOW_FILE_STORE=true`` the file store is used as such.
+    - Anything else (``http(s)://``, ``databricks``, ``postgresql://``, ...): unchanged;
+      a bare ``databricks`` is a URI too, not a folder.
+    """
+    if not uri:
+        return default_tracking_uri(output)
+    if uri.lower() == "databricks":  # MLflow's name for the default Databricks workspace
+        return uri
+    scheme, sep, _ = uri.partition(":")
+    if not sep or len(scheme) == 1:  # no scheme, or a Windows drive letter
+        return _path_uri(Path(uri))
+    scheme = scheme.lower()
+    if scheme == "sqlite":
+        return _absolute_sqlite(uri)
+    if scheme == "file":
+        return _directory_uri(Path(unquote(urlparse(uri).path)))
+    return uri
+
+
+def _absolute_sqlite(uri: str) -> str:
+    """``sqlite:///rel.db`` -> ``sqlite:////abs/rel.db``; in-memory URIs are left alone."""
+    rest = uri[len(SQLITE_PREFIX) :] if uri.startswith(SQLITE_PREFIX) else ""
+    path, mark, query = rest.partition("?")
+    if not path or path == ":memory:":
+        return uri
+    return f"{SQLITE_PREFIX}{Path(path).expanduser().resolve()}{mark}{query}"
+
+
+def _path_uri(path: Path) -> str:
+    """A plain path: a SQLite database file, or a directory to hold one."""
+    path = path.expanduser().resolve()
+    if path.suffix.lower() in DB_SUFFIXES:
+        return f"{SQLITE_PREFIX}{path}"
+    return _directory_uri(path)
+
+
+def _directory_uri(path: Path) -> str:
+    """A directory given as the store: SQLite inside it, unless it is an existing file store."""
+    path = path.expanduser().resolve()
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
+        return path.as_uri()
+    if path.is_dir() and any(path.glob("*/meta.yaml")):
+        raise ValueError(
+            f"{path} is an MLflow file store, which MLflow 3.13+ no longer opens by default. "
+            f"Migrate it (`mlflow migrate-filestore --source {path} --target "
+            f"{SQLITE_PREFIX}{path}.db`) and pass that sqlite URI, or set "
+            "MLFLOW_ALLOW_FILE_STORE=true to keep using the file store."
+        )
+    return f"{SQLITE_PREFIX}{path}/mlflow.db"
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings as dotted keys; values as strings cut to MLflow's length limit."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[_key(name)] = str(value)[:PARAM_VALUE_LIMIT]
+    return flat
+
+
+def _key(name: str) -> str:
+    """A param or metric name MLflow accepts."""
+    return _BAD_KEY_CHARS.sub("_", name)
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float, or None when it is missing or not finite (MLflow plots break)."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def template_path() -> Path:
+    """The cached empty SQLite store of the installed MLflow version."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "dipswarm" / f"mlflow-{version('mlflow')}.db"
+
+
+def _seed_sqlite(database: Path, artifacts: Path) -> None:
+    """Start a new SQLite store as a copy of the cached empty one (see the module docstring).
+
+    Its Default experiment is pointed at ``artifacts`` (MLflow would use the working
+    directory). On any file-system error MLflow creates the database itself, as usual.
+    """
+    template = template_path()
+    try:
+        if not template.exists():
+            _build_template(template)
+        shutil.copyfile(template, database)
+    except OSError:
+        database.unlink(missing_ok=True)
+        return
+    with closing(sqlite3.connect(database)) as db, db:
+        db.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+            (str(artifacts),),
+        )
+
+
+def _build_template(template: Path) -> None:
+    """Create and migrate an empty store, then move it into place atomically."""
+    from mlflow.tracking import MlflowClient
+
+    template.parent.mkdir(parents=True, exist_ok=True)
+    partial = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+    MlflowClient(tracking_uri=f"{SQLITE_PREFIX}{partial}").search_experiments()
+    os.replace(partial, template)
+
+
+class _Clock:
+    """Wall time spent inside tracking calls, shared by a tracker and its runs."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    @contextmanager
+    def timed(self) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - began
+
+
+class ChildRun:
+    """Handle on one MLflow run; a context manager that ends the run.
+
+    Leaving the ``with`` block normally ends the run FINISHED; an exception ends it FAILED
+    (KILLED for KeyboardInterrupt and other non-``Exception`` errors) and propagates. Without
+    a client (tracking disabled) every method is a no-op.
+    """
+
+    def __init__(self, client: Any, run_id: str, clock: _Clock) -> None:
+        self._client = client
+        self.run_id = run_id
+        self._clock = clock
+        self._ended = False
+
+    def __enter__(self) -> ChildRun:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.end("FINISHED")
+        else:
+            self.end("FAILED" if issubclass(exc_type, Exception) else "KILLED")
+
+    def end(self, status: str = "FINISHED") -> None:
+        """End the run with ``status`` (FINISHED, FAILED or KILLED); later calls do nothing."""
+        if self._client is None or self._ended:
+            return
+        with self._clock.timed():
+            self._client.set_terminated(self.run_id, status)
+        self._ended = True
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Params (nested mappings flattened with dots), 100 per ``log_batch`` call."""
+        if self._client is None:
+            return
+        from mlflow.entities import Param
+
+        with self._clock.timed():
+            entries = [Param(k, v) for k, v in flatten_params(params).items()]
+            for chunk in _chunks(entries, PARAMS_PER_BATCH):
+                self._client.log_batch(self.run_id, params=chunk)
+
+    def log_traces(self, traces: Mapping[str, Sequence[float | None]], prefix: str = "") -> None:
+        """Per-step series as metrics ``prefix + name`` with step = index, batched.
+
+        None, NaN and infinite values are skipped (the step keeps its index). A non-empty
+        ``prefix`` without a trailing separator gets "/" (``"test_0003"`` -> ``"test_0003/"``).
+        """
+        if self._client is None:
+            return
+        if prefix and not prefix.endswith(("/", ".", "_", "-", ":")):
+            prefix += "/"
+        with self._clock.timed():
+            stamp = _now_ms()
+            points = [
+                (f"{prefix}{name}", number, step)
+                for name, series in traces.items()
+                for step, value in enumerate(series)
+                if (number := _number(value)) is not None
+            ]
+            self._log_points(points, stamp)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Metrics at ``step`` (0 when None) in one batch; non-finite values skipped."""
+        if self._client is None:
+            return
+        with self._clock.timed():
+            points = [
+                (name, number, step or 0)
+                for name, value in metrics.items()
+                if (number := _number(value)) is not None
+            ]
+            self._log_points(points, _now_ms())
+
+    def log_image(self, path: str | Path, key: str) -> None:
+        """A PNG file as the artifact ``images/<key>`` (the file's suffix added if missing).
+
+        ``key`` may contain "/" for sub-folders, e.g. ``"test_0003"`` or ``"sr/test_0003.png"``.
+        """
+        if self._client is None:
+            return
+        source = Path(path)
+        target = PurePosixPath("images", key)
+        if target.is_absolute() or ".." in target.parts:
+            raise ValueError(f"image key {key!r} must be a relative path inside images/")
+        if target.suffix.lower() != source.suffix.lower():
+            target = target.with_name(target.name + source.suffix)
+        with self._clock.timed():
+            self._upload_as(source, str(target.parent), target.name)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """A file, or a directory's contents, under ``artifact_path`` (the root when None)."""
+        if self._client is None:
+            return
+        path = Path(path)
+        with self._clock.timed():
+            if path.is_dir():
+                self._client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def _log_points(self, points: Sequence[tuple[str, float, int]], stamp: int) -> None:
+        """(name, value, step) triples as metrics, at most 1000 per ``log_batch`` call."""
+        from mlflow.entities import Metric
+
+        metrics = [Metric(_key(name), value, stamp, step) for name, value, step in points]
+        for chunk in _chunks(metrics, METRICS_PER_BATCH):
+            self._client.log_batch(self.run_id, metrics=chunk)
+
+    def _upload_as(self, source: Path, folder: str, name: str) -> None:
+        """Upload ``source`` as ``folder/name`` (through a temporary copy when renamed)."""
+        if source.name == name:
+            self._client.log_artifact(self.run_id, str(source), folder)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            renamed = Path(tmp) / name
+            shutil.copyfile(source, renamed)
+            self._client.log_artifact(self.run_id, str(renamed), folder)
+
+
+class Tracker:
+    """One parent run and its child runs in one MLflow experiment.
+
+    Nothing touches MLflow before ``start()`` (constructing a tracker to print ``ui_command()``
+    is free). With ``enabled=False`` every method is a cheap no-op.
+    """
+
+    def __init__(
+        self, uri: str | None, experiment: str, output: str | Path, enabled: bool = True
+    ) -> None:
+        self.output = Path(output).expanduser().resolve()
+        self.enabled = enabled
+        self.uri = resolve_tracking_uri(uri, self.output) if enabled else ""
+        self.experiment = experiment
+        self.experiment_id = ""
+        self._clock = _Clock()
+        self._client: Any = None
+        self._parent = ChildRun(None, "", self._clock)
+
+    @property
+    def run_id(self) -> str:
+        """The parent run's id ("" before ``start()`` or when disabled)."""
+        return self._parent.run_id
+
+    @property
+    def seconds(self) -> float:
+        """Total wall time spent inside tracking calls so far."""
+        return self._clock.seconds
+
+    def start(
+        self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None
+    ) -> str:
+        """Create the parent run with its params and tags; returns its id."""
+        if not self.enabled:
+            return ""
+        if self.run_id:
+            raise RuntimeError(f"the parent run {self.run_id} was already started")
+        with self._clock.timed():
+            self._client = self._connect()
+            self.experiment_id = self._experiment_id()
+            run = self._client.create_run(
+                self.experiment_id, run_name=run_name, tags=dict(tags or {})
+            )
+        self._parent = ChildRun(self._client, run.info.run_id, self._clock)
+        self._parent.log_params(params)
+        return self.run_id
+
+    def child(
+        self,
+        run_name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+    ) -> ChildRun:
+        """A run nested under the parent, with its params; use it as a context manager."""
+        if not self.enabled:
+            return ChildRun(None, "", self._clock)
+        if not self.run_id:
+            raise RuntimeError("start() the parent run before creating children")
+        with self._clock.timed():
+            run = self._client.create_run(
+                self.experiment_id,
+                run_name=run_name,
+                tags={**(tags or {}), PARENT_TAG: self.run_id},
+            )
+        child = ChildRun(self._client, run.info.run_id, self._clock)
+        child.log_params(params)
+        return child
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """A file or directory as an artifact of the parent run."""
+        self._parent.log_artifact(path, artifact_path)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Metrics of the parent run (non-finite values skipped)."""
+        self._parent.log_metrics(metrics, step)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End the parent run (FINISHED, FAILED or KILLED); does nothing if never started."""
+        self._parent.end(status)
+
+    def ui_command(self) -> str:
+        """The command that browses these runs.
+
+        Local stores: ``mlflow ui --backend-store-uri URI --host 127.0.0.1 --port 5000``, then open
+        http://127.0.0.1:5000 (MLflow 3.17 needs no extra flags for local browsing: its security
+        middleware admits localhost and private-network Host headers; behind another host name
+        add ``--allowed-hosts``). A tracking server already serves the UI: its URL is opened.
+        Databricks has its own UI: "".
+        """
+        if not self.enabled or self.uri.startswith("databricks"):
+            return ""
+        if self.uri.startswith(("http://", "https://")):
+            return f"python -m webbrowser {shlex.quote(self.uri)}"
+        command = f"mlflow ui --backend-store-uri {shlex.quote(self.uri)} --host 127.0.0.1"
+        if self.uri.startswith("file:"):  # MLflow refuses file stores without this opt-in
+            command = f"MLFLOW_ALLOW_FILE_STORE=true {command}"
+        return f"{command} --port 5000"
+
+    def _connect(self) -> Any:
+        """An MlflowClient bound to this tracker's URI (no global MLflow state is touched)."""
+        from mlflow.tracking import MlflowClient
+
+        if self.uri.startswith(SQLITE_PREFIX):
+            database = self.uri[len(SQLITE_PREFIX) :].partition("?")[0]
+            if database and database != ":memory:" and not Path(database).exists():
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                _seed_sqlite(Path(database), self.output / "mlartifacts")
+        return MlflowClient(tracking_uri=self.uri)
+
+    def _experiment_id(self) -> str:
+        """The experiment's id, created (artifacts under OUTPUT/mlartifacts) or restored."""
+        found = self._client.get_experiment_by_name(self.experiment)
+        if found is None:
+            scheme = self.uri.partition(":")[0].lower()
+            location = None if scheme in REMOTE_SCHEMES else str(self.output / "mlartifacts")
+            return self._client.create_experiment(self.experiment, artifact_location=location)
+        if found.lifecycle_stage == "deleted":
+            self._client.restore_experiment(found.experiment_id)
+        return found.experiment_id
