@@ -3,9 +3,11 @@
 ``ensemble.run(spec) -> EnsembleResult`` runs N particles of one solver, batched in the driver
 (``backend="local"``) or spread over Ray actors (``backend="ray"``), with repulsion in feature
 space, top-k pruning or SMC resampling between steps, checkpoints and recovery from dead
-workers. ``import ensemble`` does not import ray.
+workers. Ray workers are kept for the next run with the same prior; ``release_workers()`` ends
+them. ``import ensemble`` does not import ray.
 """
 
+from ensemble.backends import release_workers
 from ensemble.run import Ensemble, EnsembleResult, run
 from ensemble.spec import SMC, EnsembleSpec, EnsembleSpecError, OperatorSpec, Pruning, Repulsion
 
@@ -18,5 +20,6 @@ __all__ = [
     "OperatorSpec",
     "Pruning",
     "Repulsion",
+    "release_workers",
     "run",
 ]

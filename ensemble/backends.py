@@ -11,8 +11,12 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ensemble.group import ParticleGroup
+from ensemble.group import ParticleGroup, worker_key
 from ensemble.spec import EnsembleSpec
+
+# Idle Ray actors by worker key: a later run with the same prior reuses them instead of starting
+# processes and loading the prior again (release_workers() ends them).
+_IDLE: dict[str, list[Any]] = {}
 
 
 class WorkerLostError(RuntimeError):
@@ -60,7 +64,19 @@ class RayBackend:
         self.partition = slot_partition(spec.sizes())
         self.spec_ref = ray.put(spec)
         self.actor_class = ray.remote(ParticleGroup)
-        self.handles = [self._spawn(slots) for slots in self.partition]
+        self.key = worker_key(spec) + ray.get_runtime_context().get_job_id()
+        idle = _IDLE.setdefault(self.key, [])
+        self.handles = [
+            self._reuse(idle.pop(), slots) if idle else self._spawn(slots)
+            for slots in self.partition
+        ]
+
+    def _reuse(self, handle: Any, slots: list[int]) -> Any:
+        try:
+            self.ray.get(handle.reset.remote(self.spec_ref, slots))
+            return handle
+        except self.ray.exceptions.RayActorError:
+            return self._spawn(slots)
 
     def _spawn(self, slots: list[int]) -> Any:
         threads = max(int(self.spec.cpus_per_worker), 1)
@@ -76,7 +92,7 @@ class RayBackend:
         refs = [getattr(h, method).remote(*a) for h, a in zip(self.handles, args, strict=True)]
         try:
             return self.ray.get(refs)
-        except (self.ray.exceptions.RayActorError, self.ray.exceptions.ActorDiedError) as err:
+        except self.ray.exceptions.RayActorError as err:
             raise WorkerLostError(f"a worker died during {method}: {err}") from err
 
     def respawn(self) -> list[int]:
@@ -91,9 +107,25 @@ class RayBackend:
         return replaced
 
     def shutdown(self) -> None:
-        for handle in self.handles:
-            self.ray.kill(handle)
+        """Park the workers for the next run with the same prior."""
+        _IDLE.setdefault(self.key, []).extend(self.handles)
         self.handles = []
+
+
+def release_workers() -> int:
+    """End every idle Ray worker kept for reuse; returns how many were ended."""
+    if not _IDLE:
+        return 0
+    import ray
+
+    count = 0
+    for handles in _IDLE.values():
+        for handle in handles:
+            if ray.is_initialized():
+                ray.kill(handle)
+            count += 1
+    _IDLE.clear()
+    return count
 
 
 def make_backend(spec: EnsembleSpec) -> LocalBackend | RayBackend:

@@ -26,15 +26,20 @@ class ParticleGroup:
     def __init__(self, spec: EnsembleSpec, slots: list[int], threads: int = 0) -> None:
         if threads > 0:
             torch.set_num_threads(threads)
-        self.spec = spec
-        self.slots = list(slots)
         prior_options = {} if spec.device == "cpu" else {"device": spec.device}
         self.prior = load(spec.prior, **prior_options)
+        self.features = FeatureMap(spec.features, self.prior, spec.dino_model)
+        self.reset(spec, slots)
+
+    def reset(self, spec: EnsembleSpec, slots: list[int]) -> None:
+        """Take on a new run that shares this group's prior and features (``worker_key``)."""
+        self.spec = spec
+        self.slots = list(slots)
         self.operator = spec.operator.build(spec.device)
         self.solver = solvers.build(spec.solver, spec.preset, **dict(spec.overrides))
-        self.features = FeatureMap(spec.features, self.prior, spec.dino_model)
         self.state: State | None = None
         self._graph: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._nfe_at_reset = self.prior.nfe
 
     # -- running ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -58,7 +63,7 @@ class ParticleGroup:
             "status": state.status.cpu(),
             "sigma": sigma,
             "sigma_y": float(self.operator.sigma),
-            "nfe": self.prior.nfe,
+            "nfe": self.nfe(),
             "features": None,
         }
         self._graph = None
@@ -92,7 +97,8 @@ class ParticleGroup:
         return self.solver.measurement_loss(self._state()).double().cpu()
 
     def nfe(self) -> int:
-        return self.prior.nfe
+        """Network evaluations of this run (since the last ``reset``)."""
+        return self.prior.nfe - self._nfe_at_reset
 
     # -- moving particles ------------------------------------------------------------------------
     def export(self, positions: list[int]) -> Payload:
@@ -152,6 +158,21 @@ class ParticleGroup:
         if self.state is None:
             raise RuntimeError("the particle group has not been started")
         return self.state
+
+
+def worker_key(spec: EnsembleSpec) -> str:
+    """What a worker keeps between runs: prior, device, features, resources."""
+    return repr(
+        (
+            spec.prior,
+            spec.device,
+            spec.features,
+            spec.dino_model,
+            spec.cpus_per_worker,
+            spec.gpus_per_worker,
+            spec.address,
+        )
+    )
 
 
 def copy_seed(run_seed: int, slot: int, step: int) -> int:

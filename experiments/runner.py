@@ -253,6 +253,7 @@ def run_experiment(
         tracker.log_artifact(results_path)
         status = "FINISHED"
     finally:
+        ensemble.release_workers()
         bar.close()
         tracker.log_metrics({"tracking_seconds": tracker.seconds})
         tracker.finish(status)

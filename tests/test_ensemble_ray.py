@@ -55,3 +55,17 @@ def test_a_killed_worker_is_replaced_and_the_run_is_unchanged(ray_session) -> No
     assert killed == [5] and result.stats["restarts"] == 1.0
     torch.testing.assert_close(result.all_samples, undisturbed.all_samples, rtol=1e-10, atol=1e-10)
     assert result.origin == undisturbed.origin
+
+
+def test_workers_are_reused_by_the_next_run_with_the_same_prior(ray_session) -> None:
+    from ensemble import backends
+
+    spec = _spec(backend="ray", workers=2, cpus_per_worker=0.5)
+    a = ensemble.run(spec)
+    parked = {h._actor_id for handles in backends._IDLE.values() for h in handles}
+    b = ensemble.run(spec.replace(seed=4))
+    again = {h._actor_id for handles in backends._IDLE.values() for h in handles}
+    assert len(parked) == 2 and again == parked  # the same two actors ran the second run
+    assert b.nfe == a.nfe == ensemble.run(_spec()).nfe  # per run, not summed over reuse
+    assert not torch.equal(a.all_samples, b.all_samples)
+    assert ensemble.release_workers() == 2 and ensemble.release_workers() == 0

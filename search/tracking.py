@@ -1,0 +1,182 @@
+"""MLflow records of a study: one parent run per study, one child run per trial.
+
+Everything is written from the driver (a single writer: SQLite stores break under concurrent
+writers, platform.md) through ``MlflowClient``, never the fluent API, so that no global active run
+is touched. Child runs carry the ``mlflow.parentRunId`` tag (what nests them in the UI), the
+trial's params, its metrics per step (one ``log_batch`` per report) and a ``search.status`` tag.
+mlflow is imported lazily.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+PARENT_TAG = "mlflow.parentRunId"
+STATUS_TAG = "search.status"
+TRIAL_TAG = "search.trial_id"
+PARAM_VALUE_LIMIT = 6000
+BATCH_LIMIT = 100
+SQLITE_PREFIX = "sqlite:///"
+# Result keys that Tune adds to every report: bookkeeping, not the objective's metrics.
+TUNE_KEYS = frozenset(
+    {
+        "training_iteration", "time_this_iter_s", "timestamp", "date", "time_since_restore",
+        "iterations_since_restore", "timesteps_since_restore", "timesteps_total",
+        "episodes_total", "node_ip", "hostname", "pid", "config", "checkpoint_dir_name",
+        "done", "trial_id", "experiment_tag", "should_checkpoint",
+    }
+)  # fmt: skip
+
+
+def absolute_uri(uri: str | Path) -> str:
+    """``uri`` made independent of the working directory (Tune changes it per trial).
+
+    A relative ``sqlite:///file.db`` or a plain ``*.db`` path becomes an absolute SQLite URI;
+    other URIs (``sqlite:////abs.db``, ``http://...``) are returned unchanged.
+    """
+    text = str(uri)
+    if text.startswith(SQLITE_PREFIX):
+        path, mark, query = text[len(SQLITE_PREFIX) :].partition("?")
+        if path and path != ":memory:":
+            return f"{SQLITE_PREFIX}{Path(path).expanduser().resolve()}{mark}{query}"
+        return text
+    if ":" not in text:
+        return f"{SQLITE_PREFIX}{Path(text).expanduser().resolve()}"
+    return text
+
+
+def client(uri: str) -> Any:
+    """An ``MlflowClient`` on ``uri``."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def open_parent(
+    uri: str, experiment: str, study_name: str, params: Mapping[str, Any], artifact_dir: Path
+) -> tuple[str, str]:
+    """Create the study's parent run (and the experiment if new); its (experiment, run) ids."""
+    mlflow_client = client(uri)
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found is not None:
+        experiment_id = found.experiment_id
+    else:
+        experiment_id = mlflow_client.create_experiment(
+            experiment, artifact_location=Path(artifact_dir).resolve().as_uri()
+        )
+    run = mlflow_client.create_run(
+        experiment_id, run_name=study_name, tags={"search.study": study_name}
+    )
+    log_params(mlflow_client, run.info.run_id, params)
+    return experiment_id, run.info.run_id
+
+
+def reopen_parent(uri: str, run_id: str) -> None:
+    """Mark a resumed study's parent run as running again."""
+    client(uri).update_run(run_id, status="RUNNING")
+
+
+def close_parent(
+    uri: str,
+    run_id: str,
+    metric: str,
+    best_value: float | None,
+    best_config: Mapping[str, Any] | None,
+    finished: bool,
+) -> None:
+    """End the parent run: best value as a metric, best config as an artifact; open children
+    (trials cut off by an interruption) end KILLED, and so does the parent if unfinished."""
+    mlflow_client = client(uri)
+    if best_value is not None:
+        mlflow_client.log_metric(run_id, f"best_{metric}", best_value)
+    if best_config is not None:
+        mlflow_client.log_dict(run_id, dict(best_config), "best_config.yaml")
+    for child in open_children(mlflow_client, run_id):
+        mlflow_client.set_terminated(child, "KILLED")
+    mlflow_client.set_terminated(run_id, "FINISHED" if finished else "KILLED")
+
+
+def open_children(mlflow_client: Any, parent_id: str) -> list[str]:
+    """Run ids of the parent's children that are still RUNNING."""
+    parent = mlflow_client.get_run(parent_id)
+    runs = mlflow_client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'",
+        max_results=5000,
+    )
+    return [run.info.run_id for run in runs]
+
+
+def start_child(
+    mlflow_client: Any, experiment_id: str, parent_id: str, trial_id: str, config: Mapping
+) -> str:
+    """A child run for one trial, with its config as params; its run id."""
+    run = mlflow_client.create_run(
+        experiment_id,
+        run_name=f"trial_{trial_id}",
+        tags={PARENT_TAG: parent_id, TRIAL_TAG: trial_id, STATUS_TAG: "running"},
+    )
+    log_params(mlflow_client, run.info.run_id, config)
+    return run.info.run_id
+
+
+def log_result(mlflow_client: Any, run_id: str, result: Mapping[str, Any], step: int) -> None:
+    """The objective's numeric metrics of one report, at ``step``, in one batch."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(key, float(value), now, step)
+        for key, value in result.items()
+        if key not in TUNE_KEYS
+        and isinstance(value, Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    ]
+    for start in range(0, len(metrics), BATCH_LIMIT):
+        mlflow_client.log_batch(run_id, metrics=metrics[start : start + BATCH_LIMIT])
+
+
+def end_child(
+    mlflow_client: Any,
+    run_id: str,
+    status: str,
+    error: str | None = None,
+    trace: str | None = None,
+) -> None:
+    """Tag the trial's outcome (completed, stopped, failed) and end its run; a failure's
+    message goes in the ``search.error`` tag and its traceback in ``error.txt``."""
+    mlflow_client.set_tag(run_id, STATUS_TAG, status)
+    if error:
+        mlflow_client.set_tag(run_id, "search.error", error[:PARAM_VALUE_LIMIT])
+    if trace:
+        mlflow_client.log_text(run_id, trace, "error.txt")
+    mlflow_client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
+
+
+def log_params(mlflow_client: Any, run_id: str, params: Mapping[str, Any]) -> None:
+    """``params`` (nested mappings as dotted keys) as MLflow params, in batches."""
+    from mlflow.entities import Param
+
+    flat = [Param(k, v) for k, v in _flatten(params).items()]
+    for start in range(0, len(flat), BATCH_LIMIT):
+        mlflow_client.log_batch(run_id, params=flat[start : start + BATCH_LIMIT])
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings as dotted keys; values as strings within MLflow's length limit."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)[:PARAM_VALUE_LIMIT]
+    return flat
