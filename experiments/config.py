@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -275,10 +276,9 @@ def validate(config: ExperimentConfig) -> None:
 
     data = config.data
     if data.dataset == "folder":
-        if not data.folder or not Path(data.folder).is_dir():
+        if not data.folder:
             raise ConfigError(
-                f"data.folder = {data.folder!r} must be an existing folder of images when "
-                "data.dataset is 'folder'"
+                "data.folder must name a folder of images when data.dataset is 'folder'"
             )
     elif data.dataset not in builtin_datasets():
         raise ConfigError(
@@ -382,6 +382,40 @@ def _unique(where: str, names: list[str]) -> None:
     seen = {n for n in names if names.count(n) > 1}
     if seen:
         raise ConfigError(f"{where} names must be unique; repeated: {', '.join(sorted(seen))}")
+
+
+def check_paths(config: ExperimentConfig) -> None:
+    """Before a run: folders and files the config names exist (``$VARS`` expanded)."""
+    if config.data.dataset == "folder":
+        folder = expand(config.data.folder)
+        if not Path(folder).is_dir():
+            raise ConfigError(
+                f"data.folder = {config.data.folder!r} ({folder}) is not a folder of images; set "
+                "it (or the environment variables it uses) to your dataset"
+            )
+    prior = expand(config.prior)
+    path = prior.get("path") if isinstance(prior, dict) else prior
+    is_path = isinstance(path, str) and "/" in path and not path.startswith("hf:")
+    if is_path and not Path(path).exists():
+        raise ConfigError(
+            f"prior {config.prior!r} names {path}, which does not exist; set the path (or the "
+            "environment variables it uses) to your model"
+        )
+
+
+def expand(value: Any) -> Any:
+    """Environment variables (``$DIPSWARM_DATA``, ``${HOME}``) expanded in strings, recursively."""
+    if isinstance(value, str):
+        return (
+            os.path.expandvars(os.path.expanduser(value))
+            if "$" in value or value.startswith("~")
+            else value
+        )
+    if isinstance(value, dict):
+        return {k: expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand(v) for v in value]
+    return value
 
 
 def dump_config(config: ExperimentConfig, path: str | Path) -> None:

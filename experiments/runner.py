@@ -30,7 +30,9 @@ from experiments.config import (
     ExperimentConfig,
     MethodConfig,
     TaskConfig,
+    check_paths,
     dump_config,
+    expand,
     interaction,
 )
 from operators import Operator
@@ -74,7 +76,9 @@ def load_dataset(config: ExperimentConfig) -> Dataset:
     data = config.data
     if data.dataset == "folder":
         assert data.folder is not None
-        folder = ImageFolder(data.folder, size=data.size or 256, channels=data.channels or 3)
+        folder = ImageFolder(
+            expand(data.folder), size=data.size or 256, channels=data.channels or 3
+        )
         count = len(folder) if data.images == 0 else min(data.images, len(folder))
         return Dataset(torch.stack([folder[i] for i in range(count)]), folder.names[:count])
     split = load_builtin_split(data.dataset, data.split, data.size, data.channels)
@@ -84,7 +88,7 @@ def load_dataset(config: ExperimentConfig) -> Dataset:
 
 def build_operator(task: TaskConfig, image_shape: tuple[int, ...]) -> Operator:
     """The task's operator for images of ``image_shape`` (``shape`` defaults to it)."""
-    params = {"shape": tuple(image_shape), **task.params, "sigma": task.sigma}
+    params = {"shape": tuple(image_shape), **expand(task.params), "sigma": task.sigma}
     params["shape"] = tuple(params["shape"])
     return operators.build(task.operator, **params)
 
@@ -104,7 +108,7 @@ def ensemble_spec(
         solver=method.solver,
         preset=method.preset_for(task),
         overrides=dict(method.overrides),
-        prior=config.prior,
+        prior=expand(config.prior),
         operator=OperatorSpec.of(operator),
         y=y,
         particles=ens.particles,
@@ -194,6 +198,7 @@ def run_experiment(
     from experiments.report import write_report
     from experiments.tracking import Tracker
 
+    check_paths(config)
     output = Path(config.output).resolve()
     results_path = output / "results.csv"
     if results_path.exists() and not resume:

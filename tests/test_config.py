@@ -95,3 +95,17 @@ def test_builtin_configs_are_valid() -> None:
     assert any(p.stem == "demo" for p in configs)
     for path in configs:
         load_config(path)
+
+
+def test_paths_with_environment_variables_are_checked_before_a_run(monkeypatch, tmp_path) -> None:
+    from experiments.config import check_paths
+
+    root = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+    config = load_config(root / "daps_table1_ffhq_pixel.yaml")
+    monkeypatch.setenv("DIPSWARM_DATA", str(tmp_path))
+    with pytest.raises(ConfigError, match=rf"{tmp_path}/ffhq256_val\) is not a folder"):
+        check_paths(config)
+    (tmp_path / "ffhq256_val").mkdir()
+    monkeypatch.setenv("DIPSWARM_MODELS", str(tmp_path / "models"))
+    with pytest.raises(ConfigError, match=rf"names {tmp_path}/models/ffhq_10m.pt, which does not"):
+        check_paths(config)
