@@ -243,6 +243,7 @@ class DAPS(Solver):
         )
         self._data_weight = 0.0
         self._data_curvature = 0.0
+        self._adjoint_y: tuple[torch.Tensor, torch.Tensor] | None = None  # (y, A^T y)
 
     @property
     def num_steps(self) -> int:
@@ -291,6 +292,7 @@ class DAPS(Solver):
     ) -> State:
         prior, operator = self._problem()
         c = self.config
+        self._adjoint_y = None
         like = torch.empty((len(generators), *prior.shape), dtype=prior.dtype, device=prior.device)
         x = self.sigmas[0] * particle_randn(generators, like)
         self._data_weight = (
@@ -393,8 +395,11 @@ class DAPS(Solver):
         prior, operator = self._problem()
         if not prior.is_latent and operator.is_linear:  # 2 A^T (A x - y), no autograd needed
             assert isinstance(operator, LinearOperator) and y is not None
+            if self._adjoint_y is None or self._adjoint_y[0] is not y:
+                with torch.no_grad():  # A^T y is the same at every MCMC iteration: once per run
+                    self._adjoint_y = (y, operator.adjoint(y))
             with torch.no_grad():
-                grad = 2 * (operator.normal(x) - operator.adjoint(y))
+                grad = 2 * (operator.normal(x) - self._adjoint_y[1])
             return grad, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
