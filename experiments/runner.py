@@ -196,9 +196,11 @@ def run_experiment(
 ) -> Path:
     """Run every (task, method, image); returns the output folder (results.csv inside)."""
     from experiments.report import write_report
-    from experiments.tracking import Tracker
+    from experiments.tracking import Tracker, import_in_background
 
     check_paths(config)
+    if config.tracking.enabled:
+        import_in_background()
     output = Path(config.output).resolve()
     results_path = output / "results.csv"
     if results_path.exists() and not resume:
@@ -214,8 +216,8 @@ def run_experiment(
     tracker = Tracker(
         config.tracking.uri, config.tracking.experiment, output, config.tracking.enabled
     )
+    _start_ray_if_needed(config)  # while mlflow imports in the background
     tracker.start(config.name, config.to_dict(), tags={"output": str(output)})
-    _start_ray_if_needed(config)
     bar = _progress_bar(progress, len(config.tasks) * len(config.methods) * len(data.names))
     status = "FAILED"
     try:
