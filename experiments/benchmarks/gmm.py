@@ -1,0 +1,416 @@
+"""Exact-posterior benchmark: every solver's tuned ``gmm`` preset on the MCGdiff Gaussian mixture.
+
+Run: ``python -m experiments.benchmarks.gmm`` (or ``dipswarm bench gmm``). Protocol of
+shared/reference/gmm_benchmark.md (MCGdiff, Cardoso et al., ICLR 2024): for d in {8, 80},
+d_y in {1, 2, 4} and 20 instances per cell, 2,000 solver samples against 2,000 exact posterior
+samples, sliced Wasserstein-1 over 100 random directions. The perfect-sampler floor (two
+independent exact sample sets of the same size, same directions) is measured in the same run,
+so each solver is judged by SW / floor. Latent solvers run on the ``LinearDecoderPrior``
+variant of each instance (same A, sigma_y and prior draw, seen through an invertible affine
+decoder); all SW values are in image space (latent samples are decoded, the latent posterior is
+pushed forward). Every random draw comes from a generator seeded from ``--seed`` and the
+instance index, so a run is reproducible whatever ``--workers`` is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Any
+
+import numpy as np
+import torch
+
+import solvers
+from experiments.metrics import sliced_wasserstein
+from solvers.priors.gmm import GaussianMixturePosterior, GMMProblem, mcgdiff_problem
+
+SCHEDULE_NOTE = (
+    "Schedules: the usual increasing ones, not MCGdiff's decreasing betas = "
+    "linspace(0.02, 1e-4, 999) quirk. DPS, Latent-DPS, ReSample and C-DPS use the DDPM betas "
+    "linspace(1e-4, 0.02, 1000) (increasing), read as VE/EDM levels sigma_t = "
+    "sqrt((1 - abar_t) / abar_t); DAPS and DAPS-Opt anneal an EDM poly-7 sigma grid "
+    "(10 -> 0.1 in the gmm presets); noise_langevin's generator is an EDM Heun ODE "
+    "(sigma 80 -> 0.002)."
+)
+PRIOR_LABEL = "prior (no data)"
+# Problem instance i of a run seeded s is MCGdiff instance INSTANCE_STRIDE * s + i (so --seed 0
+# gives instances 0, 1, ..., the numbering the solver tests use).
+INSTANCE_STRIDE = 1000
+# Independent random streams of one instance (mixed with --seed and the index by SeedSequence).
+STREAM_REFERENCE, STREAM_FLOOR, STREAM_SLICES, STREAM_PRIOR, STREAM_SOLVER = range(5)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One benchmarked configuration: solver ``name`` with ``preset`` on one test bed.
+
+    ``latent`` picks the ``LinearDecoderPrior`` variant; ``overrides`` are extra config fields
+    on top of the preset (empty for the command line; small runs such as tests shorten solvers).
+    """
+
+    name: str
+    preset: str
+    latent: bool
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.preset}"
+
+    @property
+    def bed(self) -> str:
+        return "latent" if self.latent else "pixel"
+
+    def settings(self) -> dict[str, Any]:
+        """The preset's field overrides, then ``overrides``: what differs from the defaults."""
+        return {**solvers.presets(self.name)[self.preset], **self.overrides}
+
+
+# -- which solvers, presets and beds -----------------------------------------------------------
+def gmm_presets(name: str) -> list[str]:
+    """The presets of solver ``name`` tuned for this benchmark (names starting with "gmm")."""
+    return sorted(p for p in solvers.presets(name) if p.startswith("gmm"))
+
+
+def beds(name: str, preset: str) -> tuple[bool, ...]:
+    """The test beds (latent flags) a solver preset runs on.
+
+    A solver restricted to pixel or latent priors runs on that bed; otherwise a preset named for
+    one ("gmm/pixel_...", "gmm/latent_...") runs there, and an unnamed one on both.
+    """
+    restricted = solvers.solver_class(name).latent
+    if restricted is not None:
+        return (bool(restricted),)
+    for word, latent in (("latent", True), ("pixel", False)):
+        if word in preset:
+            return (latent,)
+    return (False, True)
+
+
+def select_entries(specs: Iterable[str] | None) -> list[Entry]:
+    """Entries for ``specs`` ("name" = all its gmm presets, or "name:preset"); None = all."""
+    pairs: list[tuple[str, str]] = []
+    for spec in specs if specs is not None else solvers.available():
+        name, _, preset = spec.partition(":")
+        known = gmm_presets(name)
+        if preset and preset not in known:
+            raise SystemExit(f"{name} has no gmm preset {preset!r}; gmm presets: {known}")
+        if not known and specs is not None:
+            raise SystemExit(f"{name} has no gmm preset; its presets: {solvers.presets(name)}")
+        pairs += [(name, preset)] if preset else [(name, p) for p in known]
+    return [Entry(name, preset, latent) for name, preset in pairs for latent in beds(name, preset)]
+
+
+# -- one instance ------------------------------------------------------------------------------
+def stream_seed(seed: int, index: int, stream: int) -> int:
+    """A 63-bit seed for random stream ``stream`` of instance ``index`` in a run seeded ``seed``."""
+    state = np.random.SeedSequence([seed, index, stream]).generate_state(1, np.uint64)
+    return int(state[0]) >> 1
+
+
+def _generator(seed: int, index: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(stream_seed(seed, index, stream))
+
+
+def problem(d: int, d_y: int, seed: int, index: int, latent: bool) -> GMMProblem:
+    """The MCGdiff instance of (d, d_y) for instance ``index`` (float64 GMMProblem)."""
+    return mcgdiff_problem(d, d_y, INSTANCE_STRIDE * seed + index, latent=latent)
+
+
+def image_posterior(p: GMMProblem) -> GaussianMixturePosterior:
+    """The exact posterior over images (pushed through the decoder for the latent bed)."""
+    if p.prior.is_latent:
+        return p.posterior.pushforward(p.prior.decoder, p.prior.bias)
+    return p.posterior
+
+
+def sliced(a: torch.Tensor, b: torch.Tensor, slices: int, seed: int, index: int) -> float:
+    """SW between a and b over the instance's directions (the same for every row)."""
+    return sliced_wasserstein(a, b, slices, _generator(seed, index, STREAM_SLICES))
+
+
+def reference(p: GMMProblem, n: int, seed: int, index: int) -> torch.Tensor:
+    """The n exact posterior samples every row of the instance is compared with."""
+    return image_posterior(p).sample(n, _generator(seed, index, STREAM_REFERENCE))
+
+
+def _row(solver: str, preset: str, bed: str, d: int, d_y: int, index: int, **values: Any) -> dict:
+    return {
+        "solver": solver,
+        "preset": preset,
+        "bed": bed,
+        "d": d,
+        "d_y": d_y,
+        "instance": index,
+        **values,
+    }
+
+
+def reference_rows(d: int, d_y: int, index: int, n: int, slices: int, seed: int) -> list[dict]:
+    """The floor and the prior-samples row of both beds of one instance.
+
+    The prior row compares n prior draws (decoded on the latent bed) with the exact posterior:
+    what a sampler that ignores y scores.
+    """
+    rows = []
+    for latent in (False, True):
+        p = problem(d, d_y, seed, index, latent)
+        bed = "latent" if latent else "pixel"
+        exact = reference(p, n, seed, index)
+        other = image_posterior(p).sample(n, _generator(seed, index, STREAM_FLOOR))
+        rows.append(
+            _row("floor", "", bed, d, d_y, index, sw=sliced(other, exact, slices, seed, index))
+        )
+        start = time.perf_counter()
+        draws = p.prior.sample(n, _generator(seed, index, STREAM_PRIOR))
+        draws = p.prior.decode(draws) if latent else draws
+        seconds = time.perf_counter() - start
+        sw = sliced(draws, exact, slices, seed, index)
+        rows.append(_row(PRIOR_LABEL, "", bed, d, d_y, index, sw=sw, nfe=0, seconds=seconds))
+    return rows
+
+
+def solver_row(entry: Entry, d: int, d_y: int, index: int, n: int, slices: int, seed: int) -> dict:
+    """Run ``entry`` on one instance: SW to the exact posterior, NFE, wall time, stopped count.
+
+    SW uses the particles that finished ("ok"); stopped ones are counted, not compared.
+    """
+    torch.set_num_threads(1)
+    p = problem(d, d_y, seed, index, entry.latent)
+    solver = solvers.build(entry.name, entry.preset, **entry.overrides)
+    result = solver.sample(
+        p.prior, p.operator, p.y, n=n, seed=stream_seed(seed, index, STREAM_SOLVER)
+    )
+    ok = torch.tensor([s == "ok" for s in result.status]) & torch.isfinite(
+        result.samples.flatten(1)
+    ).all(1)
+    exact = reference(p, n, seed, index)
+    sw = sliced(result.samples[ok], exact, slices, seed, index) if bool(ok.any()) else math.nan
+    return _row(
+        entry.name,
+        entry.preset,
+        entry.bed,
+        d,
+        d_y,
+        index,
+        sw=sw,
+        nfe=result.nfe,
+        seconds=result.seconds,
+        stopped=int((~ok).sum()),
+    )
+
+
+# -- the whole grid ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Protocol:
+    """The grid and sizes of one benchmark run."""
+
+    dims: tuple[int, ...] = (8, 80)
+    dys: tuple[int, ...] = (1, 2, 4)
+    instances: int = 20
+    samples: int = 2000
+    slices: int = 100
+    seed: int = 0
+
+    def cells(self) -> list[tuple[int, int, int]]:
+        """(d, d_y, instance index) triples, in table order."""
+        return [(d, k, i) for d in self.dims for k in self.dys for i in range(self.instances)]
+
+
+def run(
+    entries: list[Entry],
+    protocol: Protocol,
+    workers: int = 1,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Per-instance rows: floors, prior rows, then every entry on every instance.
+
+    Scored rows carry ``n``, ``floor`` (the instance's floor on the row's bed) and ``ratio``
+    (sw / floor). ``on_row`` sees each row as soon as it is done (solver rows in completion
+    order). ``workers`` > 1 spreads solver runs over processes (one thread each); the rows do
+    not depend on it.
+    """
+    n, slices, seed = protocol.samples, protocol.slices, protocol.seed
+    rows = [r for d, k, i in protocol.cells() for r in reference_rows(d, k, i, n, slices, seed)]
+    floor_of = {_key(r): r["sw"] for r in rows if r["solver"] == "floor"}
+    jobs = [(e, d, k, i, n, slices, seed) for e in entries for d, k, i in protocol.cells()]
+    done: list[dict] = []
+
+    def finish(row: dict) -> None:
+        if row["solver"] != "floor":
+            row.update(floor=floor_of[_key(row)], ratio=row["sw"] / floor_of[_key(row)], n=n)
+        if on_row is not None:
+            on_row(row)
+
+    for row in rows:
+        finish(row)
+    if workers <= 1:
+        for job in jobs:
+            done.append(solver_row(*job))
+            finish(done[-1])
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(solver_row, *job) for job in jobs]
+            for future in as_completed(futures):
+                done.append(future.result())
+                finish(done[-1])
+    return rows + _in_job_order(done, jobs)
+
+
+def _key(row: dict) -> tuple[str, int, int, int]:
+    return row["bed"], row["d"], row["d_y"], row["instance"]
+
+
+def _label(row: dict) -> str:
+    return f"{row['solver']} {row['preset']}".strip()
+
+
+def _in_job_order(done: list[dict], jobs: list[tuple]) -> list[dict]:
+    key = {(e.label, e.bed, d, k, i): j for j, (e, d, k, i, *_) in enumerate(jobs)}
+    return sorted(done, key=lambda r: key[(_label(r), r["bed"], r["d"], r["d_y"], r["instance"])])
+
+
+def progress_line(row: dict) -> str:
+    """One line per finished row, for watching a long run."""
+    text = f"{_label(row)} ({row['bed']}) d={row['d']} d_y={row['d_y']} i={row['instance']}"
+    return f"{text}: SW {row['sw']:.3f}, floor {row['floor']:.3f}, {row['seconds']:.1f} s"
+
+
+# -- the report --------------------------------------------------------------------------------
+def _mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {std:.3f}"
+
+
+def cells(rows: list[dict]) -> dict[tuple[str, str, int, int], list[dict]]:
+    """Rows other than floors grouped by (solver label, bed, d, d_y), in first-seen order."""
+    groups: dict[tuple[str, str, int, int], list[dict]] = {}
+    for r in rows:
+        if r["solver"] != "floor":
+            groups.setdefault((_label(r), r["bed"], r["d"], r["d_y"]), []).append(r)
+    return groups
+
+
+def table(rows: list[dict]) -> str:
+    """The Markdown table: one line per (solver, bed, d, d_y), statistics over instances."""
+    lines = [
+        "| solver / preset | bed | d | d_y | SW (mean ± std) | floor (mean ± std) | SW / floor "
+        "| NFE / sample | ms / sample | stopped |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (label, bed, d, d_y), group in cells(rows).items():
+        ms = 1000 * statistics.fmean(r["seconds"] / r["n"] for r in group)
+        lines.append(
+            f"| {label} | {bed} | {d} | {d_y} | {_mean_std([r['sw'] for r in group])} | "
+            f"{_mean_std([r['floor'] for r in group])} | "
+            f"{statistics.fmean(r['ratio'] for r in group):.1f} | "
+            f"{statistics.fmean(r['nfe'] for r in group):.0f} | {ms:.3f} | "
+            f"{sum(r.get('stopped', 0) for r in group)} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict]) -> dict[tuple[str, str], float]:
+    """Mean over cells of the cell-mean SW / floor, per (solver label, bed)."""
+    per_cell: dict[tuple[str, str], list[float]] = {}
+    for (label, bed, _, _), group in cells(rows).items():
+        per_cell.setdefault((label, bed), []).append(statistics.fmean(r["ratio"] for r in group))
+    return {key: statistics.fmean(values) for key, values in per_cell.items()}
+
+
+def report(rows: list[dict], entries: list[Entry], protocol: Protocol, workers: int) -> str:
+    """The printed report: protocol, schedules, table, summary lines and preset settings."""
+    p = protocol
+    header = (
+        f"MCGdiff Gaussian-mixture benchmark, exact posterior (gmm_benchmark.md): d in "
+        f"{list(p.dims)}, d_y in {list(p.dys)}, {p.instances} instance(s) per cell (MCGdiff "
+        f"instances {INSTANCE_STRIDE * p.seed}..{INSTANCE_STRIDE * p.seed + p.instances - 1}), "
+        f"{p.samples} solver samples vs {p.samples} exact posterior samples, sliced "
+        f"Wasserstein-1 over {p.slices} directions, seed {p.seed}; floor = SW between two "
+        f"independent exact sample sets of that size; SW / floor is the mean of per-instance "
+        f"ratios; NFE = denoiser calls per particle; ms = solver wall time per sample "
+        f"(float64, torch {torch.__version__}, 1 thread per run, {workers} worker(s))."
+    )
+    lines = [header, "", SCHEDULE_NOTE, "", table(rows), ""]
+    lines.append("Summary (mean SW / floor over cells):")
+    for (label, bed), ratio in summary(rows).items():
+        lines.append(f"- {label} ({bed}): {ratio:.1f}")
+    lines += ["", "Preset settings (overrides of the solver defaults):"]
+    for label, settings in {e.label: e.settings() for e in entries}.items():
+        lines.append(f"- {label}: {settings}")
+    skipped = [name for name in solvers.available() if not gmm_presets(name)]
+    if skipped:
+        lines.append(f"Not run (no gmm preset): {', '.join(skipped)}")
+    return "\n".join(lines)
+
+
+class CSVRows:
+    """Writes per-instance rows (floors included) to a CSV file as they come, flushed each."""
+
+    COLUMNS = ("solver", "preset", "bed", "d", "d_y", "instance", "sw", "floor", "ratio")
+    COLUMNS += ("nfe", "seconds", "stopped", "n")
+
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "w", newline="")  # noqa: SIM115 (closed by close())
+        self.writer = csv.DictWriter(self.file, self.COLUMNS, restval="")
+        self.writer.writeheader()
+
+    def __call__(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dims", type=_ints, default=(8, 80), help="comma list (8,80)")
+    parser.add_argument("--dys", type=_ints, default=(1, 2, 4), help="comma list (1,2,4)")
+    parser.add_argument("--instances", type=int, default=20, help="instances per cell")
+    parser.add_argument("--samples", type=int, default=2000, help="solver and exact samples")
+    parser.add_argument("--slices", type=int, default=100, help="SW directions")
+    parser.add_argument("--solvers", nargs="+", help="names or name:preset (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="processes for solver runs")
+    parser.add_argument("--csv", help="also write per-instance rows to this CSV file")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    if args.seed < 0 or not 0 < args.instances <= INSTANCE_STRIDE:
+        parser.error(f"need --seed >= 0 and 1 <= --instances <= {INSTANCE_STRIDE}")
+    torch.set_num_threads(1)
+    protocol = Protocol(args.dims, args.dys, args.instances, args.samples, args.slices, args.seed)
+    entries = select_entries(args.solvers)
+    sink = CSVRows(args.csv) if args.csv else None
+
+    def on_row(row: dict) -> None:
+        if sink is not None:
+            sink(row)
+        if not args.quiet and row["solver"] != "floor":
+            print(progress_line(row), file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    try:
+        rows = run(entries, protocol, args.workers, on_row)
+    finally:
+        if sink is not None:
+            sink.close()
+    print(report(rows, entries, protocol, args.workers))
+    print(f"\nTotal wall time: {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
