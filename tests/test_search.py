@@ -8,7 +8,6 @@ which random sampling never hits), so that failures are deterministic.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 import os
 import random
@@ -268,15 +267,20 @@ def test_importing_search_stays_light() -> None:
     assert out.stdout.strip() == ""
 
 
-def test_cmaes_without_its_package_says_how_to_install_it(tmp_path: Path) -> None:
-    if importlib.util.find_spec("cmaes"):
-        pytest.skip("cmaes is installed")
-    with pytest.raises(ImportError, match="pip install cmaes"):
-        search.tune(
-            noisy_quadratic, _space(), "loss", "min", 2, name="cma", storage_dir=tmp_path,
-            sampler="cmaes",
-        )  # fmt: skip
-    assert list(tmp_path.iterdir()) == []  # nothing created before the error
+def test_every_named_sampler_proposes_points_in_the_space() -> None:
+    import optuna
+
+    from search.backend import SAMPLERS, make_sampler
+
+    for name in SAMPLERS:
+        study = optuna.create_study(sampler=make_sampler(name, seed=0))
+        for _ in range(3):
+            trial = study.ask()
+            x = trial.suggest_float("x", -2.0, 3.0)
+            study.tell(trial, (x - 1) ** 2)
+        assert all(-2.0 <= t.params["x"] <= 3.0 for t in study.trials)
+    with pytest.raises(ValueError, match="sampler"):
+        make_sampler("annealing", seed=0)
 
 
 # ---------------------------------------------------------------- studies (Ray)
