@@ -11,7 +11,6 @@ lazily).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from typing import Any
@@ -35,9 +34,7 @@ def make_sampler(sampler: str | optuna.samplers.BaseSampler, seed: int) -> Any:
         return optuna.samplers.TPESampler(seed=seed)
     if sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed)
-    if sampler == "cmaes":
-        if importlib.util.find_spec("cmaes") is None:
-            raise ImportError("the CMA-ES sampler needs the cmaes package: pip install cmaes")
+    if sampler == "cmaes":  # the cmaes package is a dependency
         return optuna.samplers.CmaEsSampler(seed=seed)
     if sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)

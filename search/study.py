@@ -102,8 +102,8 @@ def tune(
     """Search ``space`` for the config that minimises or maximises ``metric`` of ``objective``.
 
     ``objective(config, report)`` reports intermediate metrics and returns its final ones
-    (search.objective). ``sampler``: "tpe" (default), "gp", "cmaes" (needs ``pip install
-    cmaes``), "random", or an Optuna sampler. ``asha``: ``{"max_t": ...}`` plus optional
+    (search.objective). ``sampler``: "tpe" (default), "gp",
+    "cmaes", "random", or an Optuna sampler. ``asha``: ``{"max_t": ...}`` plus optional
     ``grace_period`` (1), ``reduction_factor`` (3) and ``time_attr`` (the step key, "step");
     None disables early stopping. ASHA never cuts a trial at ``max_t``: a trial that survives
     every rung runs to its own end, so its final result is kept. ``resources``: per trial,
