@@ -62,6 +62,7 @@ from solvers.base import (
     particle_randn,
 )
 from solvers.config import SolverConfig, SolverConfigError, choice, hyper
+from solvers.preset_rules import SEED_TASKS as TASKS
 from solvers.priors import ode
 from solvers.priors.base import Prior
 from solvers.schedules import SCHEDULE_VARIANTS, annealing_sigmas, poly_sigmas
@@ -122,16 +123,6 @@ LATENT_SCHEDULE: dict[str, Any] = {
     "ode_end_sigma": 0.001,
     "mcmc": "hmc",
 }
-TASKS = (
-    "super_resolution",
-    "inpaint_box",
-    "inpaint_random",
-    "gaussian_blur",
-    "motion_blur",
-    "phase_retrieval",
-    "nonlinear_blur",
-    "hdr",
-)
 # reference/algorithms.md, per-task table (configs/task/*.yaml): steps, lr[, lr_min_ratio, m].
 _PIXEL_ULA = {
     "super_resolution": (100, 1e-4),

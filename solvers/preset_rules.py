@@ -23,8 +23,8 @@ _BACKBONE_LATENT: dict[str, bool | None] = {
     "gmm": None,
 }
 
-# task tokens that name an operator; others (``ct``, ``natural``) constrain nothing here
-_TASKS = (
+# the 8 seed tasks (operator names); other task tokens (``ct``, ``natural``) constrain nothing
+SEED_TASKS = (
     "super_resolution",
     "inpaint_box",
     "inpaint_random",
@@ -43,7 +43,7 @@ def preset_task(preset: str) -> str | None:
     if "/" not in preset:
         return None
     token = preset.split("/", 1)[1]
-    for task in _TASKS:
+    for task in SEED_TASKS:
         if token == task or token.startswith(task + "_"):
             return task
     return None
