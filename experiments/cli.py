@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "ensemble_gmm": "experiments.benchmarks.ensemble_gmm",
     "ensemble_scaling": "experiments.benchmarks.ensemble_scaling",
     "tracking_overhead": "experiments.benchmarks.tracking_overhead",
+    "search": "experiments.benchmarks.search",
 }
 
 
@@ -95,6 +96,28 @@ def _run_and_summarise(config: Any, resume: bool, progress: bool) -> None:
         print(f"browse:   {tracker.ui_command()}")
 
 
+def _tune(args: argparse.Namespace) -> None:
+    from experiments.config import ConfigError
+    from experiments.tuning import load_tune_config, run_study
+    from search import Fixed
+
+    overrides = [*args.overrides, *(["search.resume=true"] if args.resume else [])]
+    try:
+        config = load_tune_config(_config_path(args.config), overrides)
+        kind = "GMM instances" if config.gmm else f"{config.experiment.data.split} images"
+        searched = [k for k, d in config.space.items() if not isinstance(d, Fixed)]
+        print(
+            f"dipswarm tune: study {config.name!r}, {config.method.name} ({config.method.solver})"
+            f", {config.search.num_samples} trials x {config.steps} {kind}, "
+            f"{config.search.metric} ({config.search.mode}); searching {', '.join(searched)}"
+        )
+        outcome = run_study(config, progress=not args.no_progress)
+    except ConfigError as err:
+        raise SystemExit(f"dipswarm tune: {err}") from None
+    print()
+    print(outcome.summary())
+
+
 def _config_path(name: str) -> Path:
     """A config file path, or the name of a YAML preset in experiments/configs/."""
     path = Path(name)
@@ -134,6 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="skip images already finished")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)
+
+    tune = commands.add_parser(
+        "tune",
+        help="search a method's hyperparameters on validation data (Ray Tune + Optuna + ASHA)",
+        description="Run a hyperparameter study from a tune config: an experiment config with "
+        "one task and one method on data.split=val plus a search: section (or a GMM config), "
+        "e.g. experiments/configs/tune_daps_digits.yaml. Overrides are dotted paths into both, "
+        "e.g. search.num_samples=8 search.narrow.lr=[1.0e-5,1.0e-3] data.images=2. Prints "
+        "progress, the best config, its YAML preset (for dipswarm run) and how to browse the "
+        "study in MLflow and optuna-dashboard.",
+    )
+    tune.add_argument("config", help="YAML file, or the name of a built-in config")
+    tune.add_argument("overrides", nargs="*", help="field.path=value overrides")
+    tune.add_argument("--resume", action="store_true", help="continue the stored study")
+    tune.add_argument("--no-progress", action="store_true", help="no progress lines")
+    tune.set_defaults(handler=_tune)
 
     demo = commands.add_parser(
         "demo",

@@ -316,3 +316,75 @@ def test_load_mlflow_reads_child_runs(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(FileNotFoundError, match="no MLflow database"):
         report.load_mlflow(f"sqlite:///{tmp_path.resolve()}/other.db", "bench")
     assert not (tmp_path / "other.db").exists()
+
+
+# ---------------------------------------------------------------- study reports (dipswarm tune)
+
+
+def _toy_study(folder: Path) -> Path:
+    """A study folder as ``search.tune`` leaves it (record + Optuna journal), written with
+    Optuna directly: psnr = 20 + 10 x (y does not matter), one trial stopped early, one failed."""
+    import json
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = folder / "optuna.journal"
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.create_study(
+        study_name="toy-0000beef", storage=storage, direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )  # fmt: skip
+    space = {"x": FloatDistribution(0.0, 1.0), "y": FloatDistribution(0.0, 1.0)}
+    for number in range(10):
+        trial = study.ask(space)
+        trial.set_user_attr("tune_trial_id", f"t{number}")
+        value = 20 + 10 * trial.params["x"]
+        trial.report(value - 1, 1)
+        if number == 3:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif number == 5:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            trial.report(value, 2)
+            study.tell(trial, value)
+    study_dir = folder / "toy"
+    study_dir.mkdir()
+    meta = {
+        "metric": "psnr", "mode": "max", "num_samples": 10, "sampler": "random", "seed": 0,
+        "asha": None, "study_name": "toy-0000beef", "experiment_path": str(study_dir),
+        "optuna_journal": str(journal), "space": {"x": "Float(0, 1)", "y": "Float(0, 1)"},
+    }  # fmt: skip
+    (study_dir / report.STUDY_FILE).write_text(json.dumps(meta))
+    return study_dir
+
+
+def test_study_report_tables_and_parameter_importance(tmp_path: Path) -> None:
+    study_dir = _toy_study(tmp_path)
+    paths = report.write_study_report(study_dir)
+    assert set(paths) == {"md", "trials", "best", "importance"}
+    trials = pd.read_csv(paths["trials"])
+    assert list(trials["status"]).count("completed") == 8
+    assert trials.set_index("number").at[3, "status"] == "stopped"
+    assert trials.set_index("number").at[3, "steps"] == 1
+    assert trials.set_index("number").at[5, "status"] == "failed"
+    best = pd.read_csv(paths["best"])
+    assert len(best) == 8 and list(best["psnr"]) == sorted(best["psnr"], reverse=True)
+    np.testing.assert_allclose(best["psnr"], 20 + 10 * best["x"])
+    text = paths["md"].read_text()
+    assert "- trials: 10 of 10 (8 completed, 1 failed, 1 stopped); compute 18 steps" in text
+    assert f"- best: psnr = {best['psnr'].iloc[0]:.6g} (trial #{best['number'].iloc[0]})" in text
+    importance = text.split("## Parameter importance")[1]
+    assert importance.index("| x |") < importance.index("| y |")  # x drives the metric
+    assert Image.open(paths["importance"]).size[0] > 0
+
+
+def test_report_main_covers_studies(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    study_dir = _toy_study(tmp_path)
+    report.main(["--study", str(tmp_path)])  # a folder of studies
+    out = capsys.readouterr().out
+    assert "## Best trials" in out and str(study_dir / "study_report.md") in out
+    with pytest.raises(FileNotFoundError, match="no study"):
+        report.main(["--study", str(tmp_path / "nothing")])
