@@ -25,19 +25,11 @@ import torch
 
 import operators
 from operators import Operator
+from solvers.preset_rules import SEED_TASKS
 
 SIGMA_Y = 0.05  # measurement noise in [-1, 1] units (DAPS pixel and LDM protocol)
 IMAGE_SHAPE = (1, 32, 32)
-TASKS = (
-    "super_resolution",
-    "inpaint_box",
-    "inpaint_random",
-    "gaussian_blur",
-    "motion_blur",
-    "phase_retrieval",
-    "nonlinear_blur",
-    "hdr",
-)
+TASKS = SEED_TASKS
 LINEAR_TASKS = ("super_resolution", "inpaint_box", "inpaint_random", "gaussian_blur", "motion_blur")
 # operators.build parameters per task at 32x32 (besides shape and sigma).
 TASK_PARAMS: dict[str, dict[str, Any]] = {

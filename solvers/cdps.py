@@ -43,10 +43,17 @@ import torch
 
 from operators import LinearOperator, Operator
 from operators.linalg import cg
-from solvers.base import Solver, SolverInputError, State, particle_randn
+from solvers.base import SolverInputError, State, particle_randn
 from solvers.config import SolverConfig, choice, hyper
 from solvers.priors.base import Prior
-from solvers.resample import VPGridConfig, bad_rows, ddpm_levels, level_sigma, zero_rows
+from solvers.vp_grid import (
+    VPGridConfig,
+    VPGridSolver,
+    bad_rows,
+    ddpm_levels,
+    level_sigma,
+    zero_rows,
+)
 
 SEED = "C-DPS (Hamidi, Liang, Yang; seed 004)"
 
@@ -66,7 +73,7 @@ class CDPSConfig(VPGridConfig):
     )
 
 
-class CDPS(Solver):
+class CDPS(VPGridSolver):
     """C-DPS (seed 004) for linear operators and pixel priors."""
 
     name: ClassVar[str] = "cdps"
@@ -74,18 +81,6 @@ class CDPS(Solver):
     latent: ClassVar[bool | None] = False
     linear_only: ClassVar[bool] = True
     config: CDPSConfig
-
-    def __init__(self, config: CDPSConfig | None = None) -> None:
-        super().__init__(config)
-        self.levels = torch.ones(1, dtype=torch.float64)
-
-    @property
-    def num_steps(self) -> int:
-        return self.config.steps
-
-    def noise_level(self, k: int) -> float:
-        ab = float(self.levels[self.config.steps - 1 - k])
-        return math.sqrt(max(1.0 - ab, 0.0) / ab)
 
     def beta(self, s: int) -> float:
         """beta_s = 1 - ab_s / ab_{s-1} of the step from level s to s - 1."""

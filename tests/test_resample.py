@@ -18,7 +18,8 @@ from solvers.base import STATUS_NONFINITE, SolverInputError
 from solvers.config import SolverConfigError
 from solvers.priors.gmm import GaussianMixture, GMMProblem, mcgdiff_problem
 from solvers.priors.vp import VPDenoiser
-from solvers.resample import ReSample, adamw_minimise, ddim_levels, ddpm_levels
+from solvers.resample import ReSample, adamw_minimise
+from solvers.vp_grid import ddim_levels, ddpm_levels
 
 F64 = torch.float64
 # Small enough for the unit tests: 12 DDIM indices, events at 8, 6 (pixel), 4, 2 (latent).
