@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from experiments.config import ConfigError, dump_config, load_config
+from experiments.tuning import load_tune_config
 
 BASE = {
     "name": "unit",
@@ -93,8 +94,12 @@ def test_builtin_configs_are_valid() -> None:
         (Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.yaml")
     )
     assert any(p.stem == "demo" for p in configs)
+    assert any(p.stem.startswith("tune_") for p in configs)
     for path in configs:
-        load_config(path)
+        if path.stem.startswith("tune_"):  # study configs: an experiment plus a search section
+            load_tune_config(path)
+        else:
+            load_config(path)
 
 
 def test_paths_with_environment_variables_are_checked_before_a_run(monkeypatch, tmp_path) -> None:
