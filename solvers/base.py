@@ -167,6 +167,18 @@ class Solver:
         """Advance every active particle by step ``k``; ``force`` is an extra drift."""
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def check_step(self, state: State, k: int, force: torch.Tensor | None) -> None:
+        """Refuse a step index outside [0, num_steps) and a force not shaped like the state."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_steps:
+            raise SolverInputError(
+                f"{self.name}: step index k must be an integer in [0, {self.num_steps}), got {k!r}"
+            )
+        if force is not None and tuple(force.shape) != tuple(state.x.shape):
+            raise SolverInputError(
+                f"{self.name}: force has shape {tuple(force.shape)}; it must match the state's "
+                f"x {tuple(state.x.shape)}"
+            )
+
     def result(self, state: State) -> torch.Tensor:
         """Final samples in image space."""
         return state.x0

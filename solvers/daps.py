@@ -305,7 +305,7 @@ class DAPS(Solver):
     def step(self, state: State, k: int, force: torch.Tensor | None = None) -> State:
         """Annealing step ``k``: x0_hat by the ODE, MCMC towards p(x0 | x_k, y), renoise."""
         prior, _ = self._problem()
-        self._check_step(state, k, force)
+        self.check_step(state, k, force)
         sigma, sigma_next = self.sigmas[k], self.sigmas[k + 1]
         with torch.no_grad():
             x0hat = self._ode(state.x, sigma)
@@ -419,15 +419,6 @@ class DAPS(Solver):
         if self.prior is None or self.operator is None:
             raise SolverInputError(f"{self.name}: call init(prior, operator, y, ...) before step")
         return self.prior, self.operator
-
-    def _check_step(self, state: State, k: int, force: torch.Tensor | None) -> None:
-        if not 0 <= k < self.num_steps:
-            raise SolverInputError(f"{self.name}: step k = {k} is outside [0, {self.num_steps})")
-        if force is not None and tuple(force.shape) != tuple(state.x.shape):
-            raise SolverInputError(
-                f"{self.name}: force has shape {tuple(force.shape)}; it must match state.x "
-                f"{tuple(state.x.shape)}"
-            )
 
     def _jacobian_norm_sq(self) -> float:
         """||J||^2 of the data map x -> A(image(x)) by power iteration on J^T J at x = 0 (exact

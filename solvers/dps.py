@@ -190,7 +190,7 @@ class DPS(Solver):
         prior, operator = self.prior, self.operator
         if prior is None or operator is None:
             raise SolverInputError(f"{self.name}: call init before step")
-        _check_step(self.name, state, k, self.num_steps, force)
+        self.check_step(state, k, force)
         rows = state.active.nonzero().flatten()
         if rows.numel() == 0:
             return state
@@ -251,20 +251,6 @@ def _residual_norm_grad(
     inv = torch.where(norm > 0, 1.0 / norm, torch.zeros_like(norm))
     inv = torch.where(ok, inv, torch.full_like(inv, float("nan")))
     return grad * inv.view(-1, *([1] * (x.dim() - 1)))
-
-
-def _check_step(
-    name: str, state: State, k: int, num_steps: int, force: torch.Tensor | None
-) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < num_steps:
-        raise SolverInputError(
-            f"{name}: step index k must be an integer in [0, {num_steps}), got {k!r}"
-        )
-    if force is not None and tuple(force.shape) != tuple(state.x.shape):
-        raise SolverInputError(
-            f"{name}: force must have the state's shape {tuple(state.x.shape)}, got "
-            f"{tuple(force.shape)}"
-        )
 
 
 # Presets: field overrides per (backbone/task). Sources: the DPS reference code's task configs

@@ -159,15 +159,7 @@ class NoiseLangevin(Solver):
         """One Adam step (k < warm_steps) or one Langevin step on the active particles."""
         if self.generate is None:
             raise SolverInputError(f"{self.name}: call init before step")
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_steps:
-            raise SolverInputError(
-                f"{self.name}: step index k must be an integer in [0, {self.num_steps}), got {k!r}"
-            )
-        if force is not None and tuple(force.shape) != tuple(state.x.shape):
-            raise SolverInputError(
-                f"{self.name}: force must have the state's shape {tuple(state.x.shape)}, got "
-                f"{tuple(force.shape)}"
-            )
+        self.check_step(state, k, force)
         rows = state.active.nonzero().flatten()
         if rows.numel() == 0:
             return state

@@ -226,12 +226,7 @@ class ReSample(VPGridSolver):
 
     def step(self, state: State, k: int, force: torch.Tensor | None = None) -> State:
         """DDIM index T-1-k: DDIM + DPS correction (+ hard consistency, resampling, final)."""
-        if force is not None and force.shape != state.x.shape:
-            raise SolverInputError(
-                f"force has shape {tuple(force.shape)}; the state has {tuple(state.x.shape)}"
-            )
-        if not 0 <= k < self.num_steps:
-            raise SolverInputError(f"step k = {k} is outside [0, {self.num_steps - 1}]")
+        self.check_step(state, k, force)
         rows = state.active.nonzero().flatten()
         if rows.numel() == 0:
             return state
