@@ -666,7 +666,9 @@ def _frame_markdown(df: pd.DataFrame) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``dipswarm report``."""
     parser = argparse.ArgumentParser(prog="dipswarm report", description=__doc__.splitlines()[0])
-    parser.add_argument("outputs", nargs="*", help="output folder(s) of finished runs")
+    parser.add_argument(
+        "outputs", nargs="*", help="output folder(s) of finished runs, or study folder(s)"
+    )
     parser.add_argument("--out", help="where to write the report (default: the one OUTPUT)")
     parser.add_argument("--experiment", help="read this MLflow experiment instead of results.csv")
     parser.add_argument(
@@ -695,10 +697,23 @@ def _inputs(args: argparse.Namespace) -> tuple[Path, pd.DataFrame | None]:
     return out, None
 
 
+def _holds_study(folder: str) -> bool:
+    """Whether ``folder`` is a study of dipswarm tune (or holds some) rather than a run."""
+    if (Path(folder) / "results.csv").is_file():
+        return False
+    try:
+        return bool(find_studies(folder))
+    except FileNotFoundError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Write the report of the given run(s) and print its table."""
+    """Write the report of the given run(s) and study(ies) and print their tables."""
     args = build_parser().parse_args(argv)
-    for folder in args.study or []:
+    studies = [o for o in args.outputs if _holds_study(o)]  # a study given as an OUTPUT
+    args.outputs = [o for o in args.outputs if o not in studies]
+    args.study = [*(args.study or []), *studies]
+    for folder in args.study:
         for study_dir in find_studies(folder):
             study_paths = write_study_report(study_dir)
             print(study_paths["md"].read_text(encoding="utf-8"))

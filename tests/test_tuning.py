@@ -250,3 +250,16 @@ def test_the_study_report_has_best_trials_and_parameter_importance(
     text = paths["md"].read_text()
     assert "## Best trials" in text and "![parameter importance](param_importance.png)" in text
     assert paths["importance"].stat().st_size > 0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_dipswarm_report_on_a_study_folder_writes_the_study_report(
+    tuned: dict[str, Any],
+) -> None:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        cli.main(["report", str(tuned["study_dir"])])
+    assert "## Best trials" in printed.getvalue()
+    best = pd.read_csv(tuned["study_dir"] / "best_trials.csv")
+    assert list(best["psnr"]) == sorted(tuned["trials"]["psnr"], reverse=True)
