@@ -198,6 +198,10 @@ def import_in_background() -> threading.Thread:
 
     def load() -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # mlflow.tracking, and the SQLite store's modules (SQLAlchemy models, alembic) that
+        # MLflow imports only when the first client opens a store: 1.5-2 s more, which
+        # Tracker.start would otherwise wait for.
+        import mlflow.store.tracking.sqlalchemy_store
         import mlflow.tracking  # noqa: F401
 
     thread = threading.Thread(target=load, name="mlflow-import", daemon=True)

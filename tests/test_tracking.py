@@ -344,3 +344,16 @@ def test_the_mlflow_ui_server_lists_the_runs(tracked):
             assert b"<html" in answer.read().lower()
     finally:
         _stop(server)
+
+
+def test_the_background_import_loads_the_sqlite_store_modules() -> None:
+    code = (
+        "import sys\n"
+        "from experiments.tracking import import_in_background\n"
+        "import_in_background().join()\n"
+        "print('mlflow.store.tracking.sqlalchemy_store' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert out.stdout.strip() == "True"
