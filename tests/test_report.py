@@ -13,26 +13,8 @@ import torch
 from PIL import Image
 
 from experiments import report
+from experiments.runner import RESULT_COLUMNS as COLUMNS  # the results.csv layout
 
-COLUMNS = [
-    "task",
-    "method",
-    "image",
-    "index",
-    "seed",
-    "psnr",
-    "ssim",
-    "lpips",
-    "lpips_backbone",
-    "measurement_loss",
-    "diversity",
-    "posterior_std",
-    "nfe",
-    "seconds",
-    "particles",
-    "status",
-    "error",
-]
 RANDOM = "random-vgg (not comparable to papers)"
 # (task, method) -> number of images; the first pair also gets one failed image
 PAIRS = {("sr", "dps"): 3, ("sr", "daps"): 4, ("inpaint", "dps"): 2, ("inpaint", "daps"): 1}
