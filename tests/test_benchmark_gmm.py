@@ -55,6 +55,20 @@ def test_main_prints_the_table_settings_and_csv(tmp_path, capsys) -> None:
         ("cdps", "pixel"),
     ]
     assert rows[-1]["preset"] == "gmm" and float(rows[-1]["sw"]) > 0
+    table = next(line for line in out.splitlines() if line.startswith("| cdps gmm |"))
+    main([*argv, "--solvers", "cdps:gmm", "--report-from", str(path)])
+    assert table in capsys.readouterr().out.splitlines()  # the same report, rebuilt
+
+    # An instance whose particles all stopped (SW nan) is counted, not averaged.
+    rows.append({**rows[-1], "instance": "1", "sw": "nan", "ratio": "nan", "stopped": "100"})
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    main([*argv, "--solvers", "cdps:gmm", "--report-from", str(path)])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| cdps gmm"))
+    sw = float(rows[-2]["sw"])
+    assert f"| {sw:.3f} ± 0.000 (1 inst. all stopped) |" in line and line.endswith("| 100 |")
 
 
 def test_presets_run_on_the_beds_they_apply_to() -> None:

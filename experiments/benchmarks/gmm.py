@@ -286,9 +286,25 @@ def progress_line(row: dict) -> str:
 
 
 # -- the report --------------------------------------------------------------------------------
+def _finite(values: Iterable[float]) -> list[float]:
+    """The finite values: an instance whose particles all stopped has SW = nan."""
+    return [v for v in values if math.isfinite(v)]
+
+
+def _mean(values: Iterable[float]) -> float:
+    finite = _finite(values)
+    return statistics.fmean(finite) if finite else math.nan
+
+
 def _mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {std:.3f}"
+    finite = _finite(values)
+    if not finite:
+        return "nan"
+    std = statistics.stdev(finite) if len(finite) > 1 else 0.0
+    failed = (
+        f" ({len(values) - len(finite)} inst. all stopped)" if len(finite) < len(values) else ""
+    )
+    return f"{statistics.fmean(finite):.3f} ± {std:.3f}{failed}"
 
 
 def cells(rows: list[dict]) -> dict[tuple[str, str, int, int], list[dict]]:
@@ -312,7 +328,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {label} | {bed} | {d} | {d_y} | {_mean_std([r['sw'] for r in group])} | "
             f"{_mean_std([r['floor'] for r in group])} | "
-            f"{statistics.fmean(r['ratio'] for r in group):.1f} | "
+            f"{_mean(r['ratio'] for r in group):.1f} | "
             f"{statistics.fmean(r['nfe'] for r in group):.0f} | {ms:.3f} | "
             f"{sum(r.get('stopped', 0) for r in group)} |"
         )
@@ -320,11 +336,12 @@ def table(rows: list[dict]) -> str:
 
 
 def summary(rows: list[dict]) -> dict[tuple[str, str], float]:
-    """Mean over cells of the cell-mean SW / floor, per (solver label, bed)."""
+    """Mean over cells of the cell-mean SW / floor, per (solver label, bed); instances whose
+    particles all stopped (SW = nan) are left out of the means and counted in the table."""
     per_cell: dict[tuple[str, str], list[float]] = {}
     for (label, bed, _, _), group in cells(rows).items():
-        per_cell.setdefault((label, bed), []).append(statistics.fmean(r["ratio"] for r in group))
-    return {key: statistics.fmean(values) for key, values in per_cell.items()}
+        per_cell.setdefault((label, bed), []).append(_mean(r["ratio"] for r in group))
+    return {key: _mean(values) for key, values in per_cell.items()}
 
 
 def report(rows: list[dict], entries: list[Entry], protocol: Protocol, workers: int) -> str:
@@ -372,6 +389,22 @@ class CSVRows:
         self.file.close()
 
 
+def read_rows(path: str) -> list[dict]:
+    """The rows of a ``--csv`` file (a finished or interrupted run), typed as ``run`` makes
+    them and sorted into table order (solver label, bed, d, d_y, instance)."""
+    integer = ("d", "d_y", "instance", "nfe", "stopped", "n")
+    real = ("sw", "floor", "ratio", "seconds")
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            # an empty field was not recorded for that row (the preset is text, kept as is)
+            row: dict[str, Any] = {k: v for k, v in raw.items() if v != "" or k == "preset"}
+            row.update({k: int(raw[k]) for k in integer if raw.get(k)})
+            row.update({k: float(raw[k]) for k in real if raw.get(k)})
+            rows.append(row)
+    return sorted(rows, key=lambda r: (_label(r), r["bed"], r["d"], r["d_y"], r["instance"]))
+
+
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
@@ -388,12 +421,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes for solver runs")
     parser.add_argument("--csv", help="also write per-instance rows to this CSV file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument(
+        "--report-from",
+        metavar="CSV",
+        help="print the report of a --csv file instead of running (give the run's options)",
+    )
     args = parser.parse_args(argv)
     if args.seed < 0 or not 0 < args.instances <= INSTANCE_STRIDE:
         parser.error(f"need --seed >= 0 and 1 <= --instances <= {INSTANCE_STRIDE}")
     torch.set_num_threads(1)
     protocol = Protocol(args.dims, args.dys, args.instances, args.samples, args.slices, args.seed)
     entries = select_entries(args.solvers)
+    if args.report_from:
+        print(report(read_rows(args.report_from), entries, protocol, args.workers))
+        return
     sink = CSVRows(args.csv) if args.csv else None
 
     def on_row(row: dict) -> None:
