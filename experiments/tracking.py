@@ -24,6 +24,7 @@ stays light.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import re
@@ -192,21 +193,32 @@ def _build_template(template: Path) -> None:
     os.replace(partial, template)
 
 
+_BACKGROUND_IMPORTS: list[threading.Thread] = []
+
+
 def import_in_background() -> threading.Thread:
     """Start importing mlflow (seconds on a small CPU) in a thread, so that it overlaps the
-    experiment's own start-up instead of adding to the tracking time."""
+    experiment's own start-up instead of adding to the tracking time. Tracker waits for it
+    before its own first import: two threads importing mlflow at once can each see the other's
+    half-initialised modules."""
 
     def load() -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        # mlflow.tracking, and the SQLite store's modules (SQLAlchemy models, alembic) that
-        # MLflow imports only when the first client opens a store: 1.5-2 s more, which
-        # Tracker.start would otherwise wait for.
-        import mlflow.store.tracking.sqlalchemy_store
-        import mlflow.tracking  # noqa: F401
+        importlib.import_module("mlflow.tracking")
+        # The SQLite store's modules (SQLAlchemy models, alembic), which MLflow imports only
+        # when the first client opens a store: 1.5-2 s more that Tracker.start would wait for.
+        importlib.import_module("mlflow.store.tracking.sqlalchemy_store")
 
     thread = threading.Thread(target=load, name="mlflow-import", daemon=True)
+    _BACKGROUND_IMPORTS.append(thread)
     thread.start()
     return thread
+
+
+def wait_for_background_import() -> None:
+    """Join the background mlflow imports started so far (see ``import_in_background``)."""
+    while _BACKGROUND_IMPORTS:
+        _BACKGROUND_IMPORTS.pop().join()
 
 
 class _Clock:
@@ -449,6 +461,7 @@ class Tracker:
 
     def _connect(self) -> Any:
         """An MlflowClient bound to this tracker's URI (no global MLflow state is touched)."""
+        wait_for_background_import()
         from mlflow.tracking import MlflowClient
 
         if self.uri.startswith(SQLITE_PREFIX):
