@@ -140,18 +140,23 @@ def load_config(
     """The config from a YAML file (or ``base``), with ``key.path=value`` overrides, validated."""
     raw: dict[str, Any] = copy.deepcopy(dict(base or {}))
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a YAML mapping of config fields")
-        raw = {**raw, **copy.deepcopy(loaded)}
+        raw = {**raw, **read_yaml(path)}
     for item in overrides:
         apply_override(raw, item)
     config = from_dict(raw)
     validate(config)
     return config
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping of config fields in a YAML file (an empty file is an empty mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a YAML mapping of config fields")
+    return loaded
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -202,20 +207,29 @@ def _list_index(items: list[Any], part: str, where: str) -> int:
 
 def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
     """Build the typed config; unknown fields and wrong types raise ``ConfigError``."""
-    return _build(ExperimentConfig, raw, "")
+    return build_section(ExperimentConfig, raw, "")
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
+def check_fields(raw: Any, allowed: Sequence[str], where: str) -> Mapping[str, Any]:
+    """``raw`` if it is a mapping whose keys are all in ``allowed``; else a ConfigError naming
+    the section ``where``, the unknown fields and the allowed ones."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where or 'config'} must be a mapping of fields, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(allowed))
     if unknown:
         raise ConfigError(
             f"unknown field(s) {', '.join(_join(where, u) for u in unknown)}; allowed in "
-            f"{where or 'the config'}: {', '.join(fields)}"
+            f"{where or 'the config'}: {', '.join(allowed)}"
         )
+    return raw
+
+
+def build_section(cls: type, raw: Any, where: str) -> Any:
+    """The dataclass ``cls`` from a mapping, fields checked and converted by their type hints
+    (``where`` is the section's dotted path, for messages)."""
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    raw = check_fields(raw, fields, where)
     values = {name: _convert(hints[name], value, _join(where, name)) for name, value in raw.items()}
     return cls(**values)
 
@@ -223,7 +237,7 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 def _convert(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
+        return build_section(hint, value, where)
     if origin in (types.UnionType, typing.Union):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -335,7 +349,7 @@ def _validate_method(config: ExperimentConfig, method: MethodConfig) -> None:
             f"{where}.ensemble has unknown field(s) {', '.join(unknown)}; allowed: "
             f"{', '.join(sorted(allowed))}"
         )
-    ens = _build(EnsembleConfig, dataclasses.asdict(config.method_ensemble(method)), where)
+    ens = build_section(EnsembleConfig, dataclasses.asdict(config.method_ensemble(method)), where)
     for name, value, options in (
         ("backend", ens.backend, BACKENDS),
         ("features", ens.features, FEATURES),

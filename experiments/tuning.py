@@ -47,7 +47,10 @@ from experiments.config import (
     MethodConfig,
     TrackingConfig,
     apply_override,
+    build_section,
+    check_fields,
     load_config,
+    read_yaml,
 )
 from search.space import Dimension, Fixed, SpaceError, check_space, space_from_ranges
 
@@ -206,13 +209,7 @@ class TuneConfig:
 
 def load_tune_config(path: str | Path, overrides: Sequence[str] = ()) -> TuneConfig:
     """A tune config from YAML with dotted overrides (``search.*`` included), validated."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a YAML mapping of config fields")
-    return tune_config_from_dict(raw, overrides)
+    return tune_config_from_dict(read_yaml(path), overrides)
 
 
 def tune_config_from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> TuneConfig:
@@ -228,15 +225,7 @@ def tune_config_from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ())
 
 def parse_search(raw: Any) -> SearchConfig:
     """The ``search`` section, checked field by field (messages name ``search.<field>``)."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"search must be a mapping of fields, got {raw!r}")
-    allowed = [f.name for f in dataclasses.fields(SearchConfig)]
-    unknown = sorted(set(raw) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"unknown field(s) {', '.join(f'search.{u}' for u in unknown)}; allowed in search: "
-            f"{', '.join(allowed)}"
-        )
+    check_fields(raw, [f.name for f in dataclasses.fields(SearchConfig)], "search")
     values = {name: _SEARCH_FIELDS[name](value, f"search.{name}") for name, value in raw.items()}
     return SearchConfig(**values)
 
@@ -507,20 +496,10 @@ _SEARCH_FIELDS: dict[str, Callable[[Any, str], Any]] = {
 
 
 def _gmm_problems(raw: Any) -> GMMConfig:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"gmm must be a mapping of fields, got {raw!r}")
-    allowed = [f.name for f in dataclasses.fields(GMMConfig)]
-    unknown = sorted(set(raw) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"unknown field(s) {', '.join(f'gmm.{u}' for u in unknown)}; allowed: "
-            f"{', '.join(allowed)}"
-        )
-    values = {
-        k: _typed(v, bool, f"gmm.{k}") if k == "latent" else _integer(v, f"gmm.{k}", 1)
-        for k, v in raw.items()
-    }
-    gmm = GMMConfig(**values)
+    gmm = build_section(GMMConfig, raw, "gmm")
+    for name in raw:
+        if name != "latent":  # every count and size is at least 1
+            _integer(getattr(gmm, name), f"gmm.{name}", 1)
     if gmm.d_y > gmm.d:
         raise ConfigError(f"gmm.d_y = {gmm.d_y} must not exceed gmm.d = {gmm.d}")
     if gmm.first_instance < GMM_FIRST_TUNING_INSTANCE:
@@ -535,12 +514,7 @@ def _gmm_problems(raw: Any) -> GMMConfig:
 def _method(raw: Any, index: int) -> MethodConfig:
     """One method of a GMM config: a solver with a preset and overrides (no ensemble)."""
     where = f"methods.{index}"
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where} must be a mapping (name, solver, preset, overrides)")
-    allowed = ("name", "solver", "preset", "overrides")
-    unknown = sorted(set(raw) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {allowed}")
+    check_fields(raw, ("name", "solver", "preset", "overrides"), where)
     method = MethodConfig(
         name=_typed(raw.get("name"), str, f"{where}.name"),
         solver=_typed(raw.get("solver"), str, f"{where}.solver"),
@@ -561,16 +535,8 @@ def _method(raw: Any, index: int) -> MethodConfig:
 
 
 def _tracking(raw: Any) -> TrackingConfig:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"tracking must be a mapping of fields, got {raw!r}")
-    unknown = sorted(set(raw) - {"enabled", "uri", "experiment"})
-    if unknown:
-        raise ConfigError(f"unknown field(s) tracking.{', tracking.'.join(unknown)}")
-    return TrackingConfig(
-        enabled=_typed(raw.get("enabled", True), bool, "tracking.enabled"),
-        uri=_optional(lambda v, w: _typed(v, str, w))(raw.get("uri"), "tracking.uri"),
-        experiment=_typed(raw.get("experiment", "dipswarm-tune"), str, "tracking.experiment"),
-    )
+    check_fields(raw, [f.name for f in dataclasses.fields(TrackingConfig)], "tracking")
+    return build_section(TrackingConfig, {"experiment": "dipswarm-tune", **raw}, "tracking")
 
 
 # ---------------------------------------------------------------- objectives
@@ -613,18 +579,8 @@ def score_images(
 ) -> Iterator[dict[str, float]]:
     """Scores of the first task and method of ``experiment`` per image, with ``params`` on top
     of the method's overrides; measurements and seeds are those of ``dipswarm run``."""
-    import torch
-
     import ensemble
-    from experiments.runner import (
-        _MEASUREMENT_SALT,
-        _SAMPLER_SALT,
-        build_operator,
-        ensemble_spec,
-        image_metrics,
-        load_dataset,
-    )
-    from solvers.base import particle_seed
+    from experiments.runner import build_operator, image_metrics, load_dataset, sample_image
 
     task, method = experiment.tasks[0], experiment.methods[0]
     method = dataclasses.replace(method, overrides={**method.overrides, **(params or {})})
@@ -633,12 +589,7 @@ def score_images(
     try:
         for index in range(len(data.names)):
             began = time.perf_counter()
-            truth = data.images[index : index + 1].to(experiment.device)
-            seed = particle_seed(experiment.seed ^ _MEASUREMENT_SALT, index)
-            y = operator.measure(truth, torch.Generator().manual_seed(seed))
-            sampler_seed = particle_seed(experiment.seed ^ _SAMPLER_SALT, index)
-            spec = ensemble_spec(experiment, task, method, operator, y, sampler_seed)
-            result = ensemble.run(spec)
+            truth, y, _, result = sample_image(experiment, task, method, operator, data, index)
             scores = image_metrics(experiment, operator, truth, y, result)
             numbers = {k: float(v) for k, v in scores.items() if isinstance(v, int | float)}
             yield {**numbers, "nfe": float(result.nfe), "seconds": time.perf_counter() - began}
