@@ -77,6 +77,17 @@ def karras_alpha_bars(prior: Prior, config: VPGridConfig, n: int) -> torch.Tenso
     return 1.0 / (1.0 + sigmas.flip(0) ** 2)
 
 
+def table_for_steps(prior: Prior, config: VPGridConfig, steps: int) -> torch.Tensor:
+    """``alpha_bar_table``, refused when it has fewer levels than a run of ``steps`` needs."""
+    table = alpha_bar_table(prior, config)
+    if steps > table.numel():
+        raise SolverInputError(
+            f"steps = {steps} exceeds the {table.numel()} levels of the noise table (up to the "
+            f"prior's sigma_max); use steps <= {table.numel()}"
+        )
+    return table
+
+
 def ddim_levels(prior: Prior, config: VPGridConfig, steps: int) -> torch.Tensor:
     """ab levels (steps + 1,) of a T-step DDIM run: ab(index i) = levels[i + 1], end = levels[0].
 
@@ -87,13 +98,8 @@ def ddim_levels(prior: Prior, config: VPGridConfig, steps: int) -> torch.Tensor:
     if config.schedule == "karras":
         end = torch.tensor([1.0 / (1.0 + prior.sigma_min**2)], dtype=torch.float64)
         return torch.cat([end, karras_alpha_bars(prior, config, steps)])
-    table = alpha_bar_table(prior, config)
+    table = table_for_steps(prior, config, steps)
     n_train = table.numel()
-    if steps > n_train:
-        raise SolverInputError(
-            f"steps = {steps} exceeds the {n_train} levels of the noise table (up to the "
-            f"prior's sigma_max); use steps <= {n_train}"
-        )
     c = n_train // steps
     offset = min(1, n_train - 1 - (steps - 1) * c)
     taus = torch.arange(steps) * c + offset
@@ -110,13 +116,8 @@ def ddpm_levels(prior: Prior, config: VPGridConfig, steps: int) -> torch.Tensor:
     one = torch.ones(1, dtype=torch.float64)
     if config.schedule == "karras":
         return torch.cat([one, karras_alpha_bars(prior, config, steps)])
-    table = alpha_bar_table(prior, config)
+    table = table_for_steps(prior, config, steps)
     n_train = table.numel()
-    if steps > n_train:
-        raise SolverInputError(
-            f"steps = {steps} exceeds the {n_train} levels of the noise table (up to the "
-            f"prior's sigma_max); use steps <= {n_train}"
-        )
     times = torch.round(torch.arange(1, steps + 1, dtype=torch.float64) * n_train / steps)
     return torch.cat([one, table[times.long() - 1]])
 
