@@ -267,6 +267,24 @@ def run_experiment(
     return output
 
 
+def sample_image(
+    config: ExperimentConfig,
+    task: TaskConfig,
+    method: MethodConfig,
+    operator: Operator,
+    data: Dataset,
+    index: int,
+) -> tuple[torch.Tensor, torch.Tensor, EnsembleSpec, ensemble.EnsembleResult]:
+    """(truth, y, spec, result) of image ``index``: its measurement and ensemble run, seeded by
+    (config.seed, index) so that ``dipswarm run`` and ``dipswarm tune`` see the same ones."""
+    truth = data.images[index : index + 1].to(config.device)
+    seed = particle_seed(config.seed ^ _MEASUREMENT_SALT, index)
+    y = operator.to(config.device).measure(truth, torch.Generator().manual_seed(seed))
+    sampler_seed = particle_seed(config.seed ^ _SAMPLER_SALT, index)
+    spec = ensemble_spec(config, task, method, operator, y, sampler_seed)
+    return truth, y, spec, ensemble.run(spec)
+
+
 def _run_image(
     config: ExperimentConfig,
     task: TaskConfig,
@@ -291,12 +309,7 @@ def _run_image(
     }
     began = time.perf_counter()
     try:
-        truth = data.images[index : index + 1].to(config.device)
-        y = operator.to(config.device).measure(truth, torch.Generator().manual_seed(seed))
-        spec = ensemble_spec(
-            config, task, method, operator, y, particle_seed(config.seed ^ _SAMPLER_SALT, index)
-        )
-        result = ensemble.run(spec)
+        truth, y, spec, result = sample_image(config, task, method, operator, data, index)
         row.update(image_metrics(config, operator, truth, y, result))
         row.update({"nfe": result.nfe, "particles": spec.particles, "status": "ok", "error": ""})
         row["seconds"] = time.perf_counter() - began
