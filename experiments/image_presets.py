@@ -134,7 +134,7 @@ SETTINGS: tuple[SolverSetting, ...] = (
     ),
     SolverSetting("daps-ula", "daps", "pixel", "pixel_ula/{task}", _PIXEL_DAPS, _FEWER_MCMC),
     SolverSetting("daps-hmc", "daps", "pixel", "pixel_hmc/{task}", _PIXEL_DAPS, _FEWER_MCMC),
-    # The "cpu" preset as shipped (100 steps); see the report for why C-DPS lags here.
+    # The "cpu" preset as shipped (100 steps, chain noise 0.1 ||A||).
     SolverSetting("cdps", "cdps", "pixel", "cpu", {}, tasks=LINEAR_TASKS),
     # zeta 10 on the box: the DPS term is what fills the hole (zeta 0.5: 12.4 dB).
     SolverSetting(

@@ -50,3 +50,25 @@ def cg(
         p = torch.where(active, r + beta * p, p)
         rr = torch.where(active, rr_new, rr)
     return x
+
+
+def largest_eigenvalue(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    like: torch.Tensor,
+    iters: int = 50,
+    seed: int = 0,
+) -> float:
+    """Largest eigenvalue of a symmetric positive semi-definite ``matvec`` by power iteration.
+
+    Started from a fixed-seed Gaussian vector shaped like ``like`` (one sample, batch dim 1),
+    so the estimate is deterministic; it approaches lambda_max from below.
+    """
+    generator = torch.Generator(device=like.device).manual_seed(seed)
+    v = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+    value = 0.0
+    for _ in range(iters):
+        v = v / v.norm().clamp_min(1e-30)
+        w = matvec(v)
+        value = float((v * w).sum())
+        v = w
+    return value

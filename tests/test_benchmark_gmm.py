@@ -43,7 +43,7 @@ def test_main_prints_the_table_settings_and_csv(tmp_path, capsys) -> None:
     assert "| cdps gmm | pixel | 8 | 2 |" in out
     assert "| prior (no data) | latent | 8 | 2 |" in out
     assert "not MCGdiff's decreasing betas" in out
-    assert "- cdps gmm: {'steps': 100, 'cg_iters': 10}" in out
+    assert "- cdps gmm: {'steps': 100, 'cg_iters': 10, 'chain_noise': 0.03}" in out
     assert "- cdps gmm (pixel): " in out
     with open(path) as f:
         rows = list(csv.DictReader(f))
