@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -108,3 +110,23 @@ def test_peak_bytes_sees_two_live_megabytes():
 
     peak = bench.peak_allocated_bytes(allocate)
     assert 2_000_000 <= peak < 2_100_000
+
+
+def test_target_is_judged_on_the_in_run_overhead_beyond_all_network_calls():
+    key = CallKey("denoise", (4, 2), False)
+    row = Row(
+        case=Case("x", "daps", "digits", None, target=True),
+        n=4,
+        steps=10,
+        nfe=10,
+        run=Timing(wall=1.0, cpu=1.0),
+        calls={key: 10},
+        call_times={key: Timing(0.05, 0.05)},  # isolated: +100%, not what is judged
+        state_bytes=0.0,
+        in_run={bench.NETWORK_METHODS: {"wall": 0.08, "cpu": 0.12}},
+    )
+    assert bench.target_met(row) == "**yes / no**"
+    row.in_run[bench.NETWORK_METHODS]["cpu"] = 0.09
+    assert bench.target_met(row) == "yes / yes"
+    untargeted = dataclasses.replace(row, case=Case("x", "cdps", "digits", None))
+    assert bench.target_met(untargeted) == "n/a"

@@ -17,7 +17,8 @@ calls (``Prior.nfe`` grows by one per ``denoise``/``score`` call whatever the ba
 one NFE here is a call on all N particles at once, not one particle.
 
 Run: ``python -m experiments.benchmarks.solver_overhead`` (or ``dipswarm bench solver_overhead``).
-Target (issue 4): overhead under 10% for DAPS, DPS and noise-space Langevin.
+Target (issue 4): overhead under 10% for DAPS, DPS and noise-space Langevin, judged on the
+in-run overhead beyond all network calls (``target_met`` says why).
 """
 
 from __future__ import annotations
@@ -483,10 +484,16 @@ def settings(case: Case) -> str:
 
 
 def target_met(row: Row) -> str:
-    """'yes'/'no' on the wall and on the CPU clock, or 'n/a' where the target does not apply."""
+    """'yes'/'no' on the wall and on the CPU clock, or 'n/a' where the target does not apply.
+
+    Judged on the in-run overhead beyond all network calls: for the same code, the isolated
+    call time moved the isolated-call overhead from -9% to +24% between two idle runs here (a
+    negative overhead is impossible), while the in-run figure moved by 0.2 points.
+    """
     if not row.case.target:
         return "n/a"
-    verdicts = ["yes" if row.overhead(c) < TARGET_PERCENT / 100 else "no" for c in CLOCKS]
+    in_run = row.in_run[NETWORK_METHODS]
+    verdicts = ["yes" if in_run[c] < TARGET_PERCENT / 100 else "no" for c in CLOCKS]
     text = " / ".join(verdicts)
     return text if verdicts == ["yes", "yes"] else f"**{text}**"
 
@@ -500,7 +507,8 @@ def table(rows: list[Row]) -> str:
     """The Markdown table of the benchmark."""
     lines = [
         "| solver | prior | preset; overrides | N | steps | NFE | wall s | network calls: count x "
-        "ms (grad?) | NFE x call s | overhead wall / CPU | target met? wall / CPU | in-run "
+        "ms (grad?) | NFE x call s | overhead wall / CPU | target met? (in-run, all network "
+        "calls) wall / CPU | in-run "
         "overhead wall / CPU | beyond all network calls: overhead / in-run, wall / CPU | "
         "state B/particle | peak MB at N | peak KB/particle |",
         "|---|---|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|",
@@ -524,14 +532,16 @@ NFE: Result.nfe, batched denoiser calls (one call = all N particles). NFE x call
 denoiser calls, each timed alone at the same batch and shape (grad = forward + backward of the
 output sum w.r.t. the input, as the solver backpropagates through it), wall clock.
 overhead = run time / (NFE x call time) - 1, on the wall clock and on this process's CPU time
-(less disturbed by other jobs on the cores); target: under 10% for DAPS, DPS and noise-space
-Langevin. in-run overhead = run time / time spent inside the run's own denoiser calls
-(forward, and backward where there is one, bracketed by autograd marks) - 1: no isolated
-timing, so load changes between runs and calls cancel out. "beyond all network calls" also
-counts the latent prior's decoder/encoder calls (not in NFE), both ways. state B/particle:
-largest per-step size of the State's per-particle data (x, x0, extra tensors, generator state)
-/ N. peak MB at N: peak of torch CPU tensor bytes live at once during one sample()
-(torch.profiler memory events; weights and memory held before the run excluded).
+(less disturbed by other jobs on the cores). in-run overhead = run time / time spent inside
+the run's own denoiser calls (forward, and backward where there is one, bracketed by autograd
+marks) - 1: no isolated timing, so load changes between runs and calls cancel out. "beyond all
+network calls" also counts the latent prior's decoder/encoder calls (not in NFE), both ways.
+target: under 10% for DAPS, DPS and noise-space Langevin, judged on the in-run overhead beyond
+all network calls (the isolated call time is not reproducible to 10% between runs here).
+state B/particle: largest per-step size of the State's per-particle data (x, x0, extra
+tensors, generator state) / N. peak MB at N: peak of torch CPU tensor bytes live at once
+during one sample() (torch.profiler memory events; weights and memory held before the run
+excluded).
 peak KB/particle: (peak at 2N - peak at N) / N."""
 
 
