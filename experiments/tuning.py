@@ -267,13 +267,7 @@ def _image_config(raw: dict[str, Any], search: SearchConfig) -> TuneConfig:
 
 def _gmm_config(raw: dict[str, Any], search: SearchConfig) -> TuneConfig:
     """A Gaussian-mixture study."""
-    allowed = ("name", "gmm", "methods", "tracking", "output", "seed")
-    unknown = sorted(set(raw) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"unknown field(s) {', '.join(unknown)} in a GMM tune config; allowed: "
-            f"{', '.join(allowed)}, search"
-        )
+    check_fields(raw, ("name", "gmm", "methods", "tracking", "output", "seed", "search"), "")
     gmm = _gmm_problems(raw.get("gmm") or {})
     methods = raw.get("methods")
     if not isinstance(methods, list) or not methods:
@@ -462,13 +456,7 @@ def _asha(value: Any, where: str) -> dict[str, int] | None:
         return None
     if value is True:
         return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where} must be a mapping ({', '.join(ASHA_KEYS)}) or null")
-    unknown = sorted(set(value) - set(ASHA_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(ASHA_KEYS)}"
-        )
+    check_fields(value, ASHA_KEYS, where)
     lows = {"max_t": 1, "grace_period": 1, "reduction_factor": 2}
     return {k: _integer(v, f"{where}.{k}", lows[k]) for k, v in value.items()}
 

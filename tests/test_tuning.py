@@ -91,7 +91,8 @@ def test_fields_fix_and_narrow_shape_the_space_from_the_command_line() -> None:
         ("search.metric=sharpness", r"search.metric = 'sharpness'; allowed: psnr"),
         ("search.metric=sliced_wasserstein", r"image studies allow: psnr, ssim"),
         ("search.num_samples=0", r"search.num_samples = 0 must be >= 1"),
-        ("search.asha.patience=2", r"search.asha: unknown field\(s\) patience"),
+        ("search.asha.patience=2", r"unknown field\(s\) search\.asha\.patience; allowed in "
+         r"search\.asha: max_t, grace_period, reduction_factor"),
         ("search.budget=3", r"unknown field\(s\) search.budget; allowed in search: metric"),
         ("search.points=[{lr: 1.0}]", r"search.points.0: point value lr = 1.0 is outside"),
         ("search.fix.sigma_max=0.05", r"search.fix: .*sigma_min = 0.1 must not exceed sigma_max"),
@@ -146,6 +147,8 @@ def test_gmm_studies_never_tune_on_the_held_out_instances() -> None:
     raw = yaml.safe_load((CONFIGS / "tune_gmm.yaml").read_text())
     with pytest.raises(ConfigError, match=r"GMM studies use 'sliced_wasserstein'"):
         tune_config_from_dict(raw, ["search.metric=psnr"])
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) data; allowed in the config: name"):
+        tune_config_from_dict({**raw, "data": {"images": 2}})
 
 
 # ---------------------------------------------------------------- dipswarm tune (Ray)
