@@ -130,6 +130,14 @@ def _config_path(name: str) -> Path:
     raise SystemExit(f"dipswarm: no config file {name!r}; built-in configs: {presets}")
 
 
+def _config_arguments(parser: argparse.ArgumentParser, resume: str, progress: str) -> None:
+    """The config, overrides, --resume and --no-progress arguments of run and tune."""
+    parser.add_argument("config", help="YAML file, or the name of a built-in config")
+    parser.add_argument("overrides", nargs="*", help="field.path=value overrides")
+    parser.add_argument("--resume", action="store_true", help=resume)
+    parser.add_argument("--no-progress", action="store_true", help=progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dipswarm`` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -152,10 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an ExperimentConfig from YAML; overrides are dotted field paths, e.g. "
         "ensemble.particles=8 methods.daps.overrides.mcmc_steps=50 data.images=10.",
     )
-    run.add_argument("config", help="YAML file, or the name of a built-in config")
-    run.add_argument("overrides", nargs="*", help="field.path=value overrides")
-    run.add_argument("--resume", action="store_true", help="skip images already finished")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _config_arguments(run, resume="skip images already finished", progress="no progress bar")
     run.set_defaults(handler=_run)
 
     tune = commands.add_parser(
@@ -168,10 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "progress, the best config, its YAML preset (for dipswarm run) and how to browse the "
         "study in MLflow and optuna-dashboard.",
     )
-    tune.add_argument("config", help="YAML file, or the name of a built-in config")
-    tune.add_argument("overrides", nargs="*", help="field.path=value overrides")
-    tune.add_argument("--resume", action="store_true", help="continue the stored study")
-    tune.add_argument("--no-progress", action="store_true", help="no progress lines")
+    _config_arguments(tune, resume="continue the stored study", progress="no progress lines")
     tune.set_defaults(handler=_tune)
 
     demo = commands.add_parser(
