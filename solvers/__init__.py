@@ -8,12 +8,14 @@ this package stays light: no ray, mlflow, diffusers or transformers.
 from solvers.base import Result, Solver, SolverInputError, State
 from solvers.config import SolverConfigError
 from solvers.registry import available, build, presets, solver_class
+from solvers.spec import SolverSpec
 
 __all__ = [
     "Result",
     "Solver",
     "SolverConfigError",
     "SolverInputError",
+    "SolverSpec",
     "State",
     "available",
     "build",
