@@ -1,4 +1,4 @@
-"""Particle ensembles on Ray actors: repulsion, pruning, selection (DESIGN.md, "Ensemble").
+"""Particle ensembles on Ray actors: repulsion, pruning, selection (docs/ensemble.md).
 
 ``ensemble.run(spec) -> EnsembleResult`` runs N particles of one solver, batched in the driver
 (``backend="local"``) or spread over Ray actors (``backend="ray"``), with repulsion in feature
@@ -9,12 +9,14 @@ them. ``import ensemble`` does not import ray.
 
 from ensemble.backends import release_workers
 from ensemble.run import Ensemble, EnsembleResult, run
-from ensemble.spec import SMC, EnsembleSpec, EnsembleSpecError, OperatorSpec, Pruning, Repulsion
+from ensemble.settings import SMC, EnsembleSettings, EnsembleSpecError, Pruning, Repulsion
+from ensemble.spec import EnsembleSpec, OperatorSpec
 
 __all__ = [
     "SMC",
     "Ensemble",
     "EnsembleResult",
+    "EnsembleSettings",
     "EnsembleSpec",
     "EnsembleSpecError",
     "OperatorSpec",

@@ -36,7 +36,7 @@ class LocalBackend:
     """Groups held by the driver itself (one group by default: all particles in one batch)."""
 
     def __init__(self, spec: EnsembleSpec) -> None:
-        self.partition = slot_partition(spec.sizes())
+        self.partition = slot_partition(spec.settings.sizes())
         self.groups = [ParticleGroup(spec, slots) for slots in self.partition]
 
     def call(self, method: str, args: Sequence[tuple[Any, ...]] | None = None) -> list[Any]:
@@ -58,10 +58,10 @@ class RayBackend:
 
         if not ray.is_initialized():
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(address=spec.address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=spec.settings.address, include_dashboard=False, log_to_driver=False)
         self.ray = ray
         self.spec = spec
-        self.partition = slot_partition(spec.sizes())
+        self.partition = slot_partition(spec.settings.sizes())
         self.spec_ref = ray.put(spec)
         self.actor_class = ray.remote(ParticleGroup)
         self.key = worker_key(spec) + ray.get_runtime_context().get_job_id()
@@ -79,10 +79,10 @@ class RayBackend:
             return self._spawn(slots)
 
     def _spawn(self, slots: list[int]) -> Any:
-        threads = max(int(self.spec.cpus_per_worker), 1)
+        threads = max(int(self.spec.settings.cpus_per_worker), 1)
         options = {
-            "num_cpus": self.spec.cpus_per_worker,
-            "num_gpus": self.spec.gpus_per_worker,
+            "num_cpus": self.spec.settings.cpus_per_worker,
+            "num_gpus": self.spec.settings.gpus_per_worker,
             "max_restarts": 0,
         }
         return self.actor_class.options(**options).remote(self.spec_ref, slots, threads)
@@ -129,4 +129,4 @@ def release_workers() -> int:
 
 
 def make_backend(spec: EnsembleSpec) -> LocalBackend | RayBackend:
-    return RayBackend(spec) if spec.backend == "ray" else LocalBackend(spec)
+    return RayBackend(spec) if spec.settings.backend == "ray" else LocalBackend(spec)

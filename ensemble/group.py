@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-import solvers
 from ensemble.features import FeatureMap
 from ensemble.payload import Payload
-from ensemble.spec import EnsembleSpec, Repulsion
+from ensemble.settings import Repulsion
+from ensemble.spec import EnsembleSpec
 from solvers.base import STATUS_PRUNED, State, particle_seed
 from solvers.priors.loading import load
 
@@ -28,7 +28,7 @@ class ParticleGroup:
             torch.set_num_threads(threads)
         prior_options = {} if spec.device == "cpu" else {"device": spec.device}
         self.prior = load(spec.prior, **prior_options)
-        self.features = FeatureMap(spec.features, self.prior, spec.dino_model)
+        self.features = FeatureMap(spec.settings.features, self.prior, spec.settings.dino_model)
         self.reset(spec, slots)
 
     def reset(self, spec: EnsembleSpec, slots: list[int]) -> None:
@@ -36,7 +36,7 @@ class ParticleGroup:
         self.spec = spec
         self.slots = list(slots)
         self.operator = spec.operator.build(spec.device)
-        self.solver = solvers.build(spec.solver, spec.preset, **dict(spec.overrides))
+        self.solver = spec.solver.build()
         self.state: State | None = None
         self._graph: tuple[torch.Tensor, torch.Tensor] | None = None
         self._nfe_at_reset = self.prior.nfe
@@ -166,11 +166,11 @@ def worker_key(spec: EnsembleSpec) -> str:
         (
             spec.prior,
             spec.device,
-            spec.features,
-            spec.dino_model,
-            spec.cpus_per_worker,
-            spec.gpus_per_worker,
-            spec.address,
+            spec.settings.features,
+            spec.settings.dino_model,
+            spec.settings.cpus_per_worker,
+            spec.settings.gpus_per_worker,
+            spec.settings.address,
         )
     )
 

@@ -1,4 +1,4 @@
-"""The step-synchronous ensemble loop on the driver (DESIGN.md, "Ensemble").
+"""The step-synchronous ensemble loop on the driver (docs/ensemble.md).
 
 Each outer step k: one barrier gathers every group's measurement losses (and features where
 repulsion acts); the driver prunes (top-k) or resamples (SMC) and copies survivors' states into
@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-import solvers
 from ensemble.backends import LocalBackend, RayBackend, WorkerLostError, make_backend
 from ensemble.group import copy_seed
 from ensemble.interaction import (
@@ -77,13 +76,9 @@ class Ensemble:
 
     def __init__(self, spec: EnsembleSpec) -> None:
         self.spec = spec
-        self.num_steps = solvers.build(spec.solver, spec.preset, **dict(spec.overrides)).num_steps
-        for step in spec.pruning.steps:
-            if step >= self.num_steps:
-                raise ValueError(
-                    f"pruning step {step} is beyond the solver's {self.num_steps} steps; use "
-                    f"steps in [0, {self.num_steps - 1}]"
-                )
+        self.settings = spec.settings
+        self.num_steps = spec.solver.build().num_steps
+        spec.settings.pruning.check_steps(self.num_steps)
         self.backend: LocalBackend | RayBackend | None = None
         # compute: the slowest worker's time inside observe + step, summed over steps;
         # loop: driver wall time of the step loop (checkpoints and recoveries included)
@@ -100,7 +95,7 @@ class Ensemble:
             snapshot = self._load_checkpoint() if resume else None
             if snapshot is None:
                 backend.call("start")
-                snapshot = self._snapshot(DriverState(0, torch.arange(self.spec.particles)))
+                snapshot = self._snapshot(DriverState(0, torch.arange(self.settings.particles)))
             else:
                 self._restore(snapshot)
             driver = copy.deepcopy(snapshot["driver"])
@@ -119,7 +114,10 @@ class Ensemble:
                 progress.set_postfix(
                     alive=driver.traces["alive"][-1], best=f"{driver.traces['loss_best'][-1]:.4g}"
                 )
-                if driver.step % self.spec.checkpoint_every == 0 or driver.step == self.num_steps:
+                if (
+                    driver.step % self.settings.checkpoint_every == 0
+                    or driver.step == self.num_steps
+                ):
                     snapshot = self._snapshot(driver)
                 if callback is not None:
                     callback(driver.step, self)
@@ -131,22 +129,22 @@ class Ensemble:
 
     def _step(self, driver: DriverState) -> None:
         k, backend = driver.step, self._backend()
-        observed = backend.call("observe", [(k, self.spec.repulsion)] * len(backend.partition))
+        observed = backend.call("observe", [(k, self.settings.repulsion)] * len(backend.partition))
         loss = torch.cat([o["loss"] for o in observed])
         status = torch.cat([o["status"] for o in observed])
         sigma = float(observed[0]["sigma"])
         ancestors = self._select(driver, k, loss, status, float(observed[0]["sigma_y"]), sigma)
         moved = 0
-        if k in self.spec.pruning.steps and not self.spec.pruning.refill:
+        if k in self.settings.pruning.steps and not self.settings.pruning.refill:
             status = torch.cat(backend.call("statuses"))  # the losers were just stopped
         if ancestors is not None:
             moved = self._move(ancestors, k)
             driver.origin = driver.origin[ancestors]
             if moved and observed[0]["features"] is not None:
-                observed = backend.call("observe", [(k, self.spec.repulsion)] * len(observed))
+                observed = backend.call("observe", [(k, self.settings.repulsion)] * len(observed))
                 status = torch.cat([o["status"] for o in observed])
         pushes = self._pushes(observed, status)
-        weight = self.spec.repulsion.weight
+        weight = self.settings.repulsion.weight
         spent = backend.call("step", [(k, p, weight) for p in pushes])
         compute = max(o["seconds"] + s for o, s in zip(observed, spent, strict=True))
         self.stats["compute_seconds"] += compute
@@ -170,17 +168,17 @@ class Ensemble:
         sigma: float,
     ) -> torch.Tensor | None:
         """Ancestors from pruning or SMC at step k (None: nothing changes)."""
-        spec, n = self.spec, self.spec.particles
+        spec, n = self.spec, self.settings.particles
         loss = torch.where(status == STATUS_OK, loss, torch.full_like(loss, float("inf")))
-        if k in spec.pruning.steps:
-            keep = spec.pruning.keep[spec.pruning.steps.index(k)]
+        if k in spec.settings.pruning.steps:
+            keep = spec.settings.pruning.keep[spec.settings.pruning.steps.index(k)]
             keep = min(keep, int((status == STATUS_OK).sum())) or 1
-            ancestors, kept = top_k_ancestors(loss, keep, spec.pruning.refill)
-            if not spec.pruning.refill:
+            ancestors, kept = top_k_ancestors(loss, keep, spec.settings.pruning.refill)
+            if not spec.settings.pruning.refill:
                 self._prune((~kept) & (status == STATUS_OK))
                 return None
             return ancestors
-        smc = spec.smc
+        smc = spec.settings.smc
         end = smc.end if smc.end is not None else self.num_steps
         if not smc.enabled or not smc.start <= k < end:
             return None
@@ -210,14 +208,14 @@ class Ensemble:
         alive = status == STATUS_OK
         push = torch.zeros_like(features)
         if int(alive.sum()) >= 2:
-            push[alive] = rbf_repulsion(features[alive], self.spec.repulsion.svgd)
+            push[alive] = rbf_repulsion(features[alive], self.settings.repulsion.svgd)
         sizes = [len(slots) for slots in self._backend().partition]
         return list(torch.split(push, sizes))
 
     def _move(self, ancestors: torch.Tensor, k: int) -> int:
         """Copy ancestors' states into the slots that need them; returns the number of copies."""
         backend = self._backend()
-        slots = [i for i in range(self.spec.particles) if int(ancestors[i]) != i]
+        slots = [i for i in range(self.settings.particles) if int(ancestors[i]) != i]
         if not slots:
             return 0
         where = {s: (g, p) for g, part in enumerate(backend.partition) for p, s in enumerate(part)}
@@ -253,8 +251,8 @@ class Ensemble:
         payloads = self._backend().call("snapshot")
         snapshot = {"driver": copy.deepcopy(driver), "particles": concat_payloads(payloads)}
         self.stats["bytes"] += nbytes(payloads)
-        if self.spec.checkpoint_dir is not None:
-            folder = Path(self.spec.checkpoint_dir)
+        if self.settings.checkpoint_dir is not None:
+            folder = Path(self.settings.checkpoint_dir)
             folder.mkdir(parents=True, exist_ok=True)
             temporary = folder / (CHECKPOINT_FILE + ".tmp")
             torch.save({**snapshot, "fingerprint": self._fingerprint()}, temporary)
@@ -269,20 +267,20 @@ class Ensemble:
     def _recover(self, snapshot: dict[str, Any]) -> DriverState:
         """Replace dead workers and roll every group back to the last snapshot."""
         self.restarts += 1
-        if self.restarts > self.spec.max_restarts:
+        if self.restarts > self.settings.max_restarts:
             raise RuntimeError(
-                f"workers died {self.restarts} times (max_restarts = {self.spec.max_restarts}); "
-                "the last checkpoint is kept"
-                + (f" in {self.spec.checkpoint_dir}" if self.spec.checkpoint_dir else "")
+                f"workers died {self.restarts} times (max_restarts = "
+                f"{self.settings.max_restarts}); the last checkpoint is kept"
+                + (f" in {self.settings.checkpoint_dir}" if self.settings.checkpoint_dir else "")
             )
         self._backend().respawn()
         self._restore(snapshot)
         return copy.deepcopy(snapshot["driver"])
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
-        if self.spec.checkpoint_dir is None:
+        if self.settings.checkpoint_dir is None:
             raise ValueError("resume needs checkpoint_dir: the folder a previous run wrote to")
-        path = Path(self.spec.checkpoint_dir) / CHECKPOINT_FILE
+        path = Path(self.settings.checkpoint_dir) / CHECKPOINT_FILE
         if not path.is_file():
             return None
         saved = torch.load(path, weights_only=False)
@@ -295,9 +293,22 @@ class Ensemble:
 
     def _fingerprint(self) -> str:
         spec = self.spec
-        parts = [spec.solver, spec.preset, sorted(dict(spec.overrides).items()), str(spec.prior)]
+        solver = spec.solver
+        parts = [
+            solver.name,
+            solver.preset,
+            sorted(dict(solver.overrides).items()),
+            str(spec.prior),
+        ]
         parts += [spec.operator.name, sorted(map(str, dict(spec.operator.params).items()))]
-        parts += [spec.particles, spec.seed, spec.features, spec.repulsion, spec.pruning, spec.smc]
+        parts += [
+            spec.settings.particles,
+            spec.seed,
+            spec.settings.features,
+            spec.settings.repulsion,
+            spec.settings.pruning,
+            spec.settings.smc,
+        ]
         digest = hashlib.sha256(repr(parts).encode())
         digest.update(spec.y.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
@@ -309,11 +320,11 @@ class Ensemble:
         loss = torch.cat(backend.call("losses"))
         status = torch.cat(backend.call("statuses"))
         calls = backend.call("nfe")
-        ok = [i for i in range(self.spec.particles) if int(status[i]) == STATUS_OK]
-        candidates = ok or list(range(self.spec.particles))
-        if self.spec.selection == "best":
+        ok = [i for i in range(self.settings.particles) if int(status[i]) == STATUS_OK]
+        candidates = ok or list(range(self.settings.particles))
+        if self.settings.selection == "best":
             order = sorted(candidates, key=lambda i: float(loss[i]))
-            selected = order[: self.spec.select_k]
+            selected = order[: self.settings.select_k]
         else:
             selected = candidates
         steps = max(len(driver.traces["alive"]), 1)
@@ -345,10 +356,12 @@ def _progress(spec: EnsembleSpec, total: int, initial: int) -> Any:
     """A progress bar over steps (particles alive, best measurement loss as postfix)."""
     from tqdm.auto import tqdm
 
-    label = f"{spec.solver} x{spec.particles} ({spec.backend})"
-    return tqdm(total=total, initial=initial, desc=label, disable=not spec.progress, leave=False)
+    label = f"{spec.solver.name} x{spec.settings.particles} ({spec.settings.backend})"
+    return tqdm(
+        total=total, initial=initial, desc=label, disable=not spec.settings.progress, leave=False
+    )
 
 
 def run(spec: EnsembleSpec, resume: bool = False) -> EnsembleResult:
-    """Run an ensemble from its spec (``resume`` continues from ``spec.checkpoint_dir``)."""
+    """Run an ensemble from its spec (``resume`` continues from the settings' checkpoint_dir)."""
     return Ensemble(spec).run(resume=resume)

@@ -52,14 +52,17 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def _run(args: argparse.Namespace) -> None:
-    from experiments.config import load_config
+    from experiments.config import ConfigError, load_config
 
-    config = load_config(_config_path(args.config), args.overrides)
-    _run_and_summarise(config, args.resume, not args.no_progress)
+    try:
+        config = load_config(_config_path(args.config), args.overrides)
+        _run_and_summarise(config, args.resume, not args.no_progress)
+    except ConfigError as err:  # raised before any work starts: one line, no traceback
+        raise SystemExit(f"dipswarm run: {err}") from None
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from experiments.config import load_config
+    from experiments.config import ConfigError, load_config
 
     overrides = list(args.overrides)
     if args.output is None:
@@ -67,12 +70,15 @@ def _demo(args: argparse.Namespace) -> None:
         overrides.insert(0, f"output={Path('dipswarm-demo').resolve() / stamp}")
     else:
         overrides.insert(0, f"output={Path(args.output).resolve()}")
-    config = load_config(CONFIGS / "demo.yaml", overrides)
-    print(
-        f"dipswarm demo: prior {config.prior!r}, {len(config.tasks)} tasks x "
-        f"{len(config.methods)} methods x {config.data.images} test images -> {config.output}"
-    )
-    _run_and_summarise(config, resume=args.output is not None and args.resume, progress=True)
+    try:
+        config = load_config(CONFIGS / "demo.yaml", overrides)
+        print(
+            f"dipswarm demo: prior {config.prior!r}, {len(config.tasks)} tasks x "
+            f"{len(config.methods)} methods x {config.data.images} test images -> {config.output}"
+        )
+        _run_and_summarise(config, resume=args.output is not None and args.resume, progress=True)
+    except ConfigError as err:  # raised before any work starts: one line, no traceback
+        raise SystemExit(f"dipswarm demo: {err}") from None
 
 
 def _run_and_summarise(config: Any, resume: bool, progress: bool) -> None:

@@ -22,7 +22,8 @@ import yaml
 
 import operators
 import solvers
-from ensemble.spec import BACKENDS, FEATURES, SELECTIONS, SMC, Pruning, Repulsion
+from ensemble.settings import EnsembleSettings
+from solvers import SolverSpec
 
 
 class ConfigError(ValueError):
@@ -53,40 +54,66 @@ class TaskConfig:
 
 @dataclass
 class MethodConfig:
-    """One solver setting; ``ensemble`` overrides fields of the experiment's ensemble.
+    """One solver setting under a name; ``ensemble`` changes fields of the experiment's ensemble
+    section for this method (a nested section such as ``repulsion`` is replaced whole).
 
-    ``preset`` may contain ``{task}``, replaced by each task's operator name
+    In YAML the solver's fields sit flat in the method: ``{name, solver, preset, overrides,
+    ensemble}``; ``preset`` may contain ``{task}``, replaced by each task's operator name
     (``pixel_hmc/{task}`` -> ``pixel_hmc/super_resolution``).
     """
 
     name: str
-    solver: str
-    preset: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
+    spec: SolverSpec
     ensemble: dict[str, Any] = field(default_factory=dict)
 
+    FIELDS: typing.ClassVar[tuple[str, ...]] = ("name", "solver", "preset", "overrides", "ensemble")
+
+    @classmethod
+    def from_config(cls, raw: Any, where: str) -> MethodConfig:
+        """The method from its YAML mapping; a bad solver name or field names ``where``."""
+        raw = check_fields(raw, cls.FIELDS, where)
+        for required in ("name", "solver"):
+            if required not in raw:
+                raise ConfigError(f"{where}.{required} is missing; a method needs name and solver")
+        name = _convert(str, raw["name"], f"{where}.name")
+        solver = _convert(str, raw["solver"], f"{where}.solver")
+        preset = _convert(str | None, raw.get("preset"), f"{where}.preset")
+        overrides = _convert(dict[str, Any], raw.get("overrides") or {}, f"{where}.overrides")
+        ensemble = _convert(dict[str, Any], raw.get("ensemble") or {}, f"{where}.ensemble")
+        if solver not in solvers.available():
+            raise ConfigError(
+                f"methods.{name}.solver = {solver!r}; allowed: {', '.join(solvers.available())}"
+            )
+        return cls(name, SolverSpec(solver, preset, overrides), ensemble)
+
+    def to_config(self) -> dict[str, Any]:
+        """The YAML mapping ``from_config`` reads back."""
+        return {
+            "name": self.name,
+            "solver": self.spec.name,
+            "preset": self.spec.preset,
+            "overrides": _plain(self.spec.overrides),
+            "ensemble": _plain(self.ensemble),
+        }
+
+    @property
+    def solver(self) -> str:
+        return self.spec.name
+
+    @property
+    def preset(self) -> str | None:
+        return self.spec.preset
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return dict(self.spec.overrides)
+
+    def spec_for(self, task: TaskConfig) -> SolverSpec:
+        """The solver spec for one task (``{task}`` in the preset filled in)."""
+        return self.spec.for_task(task.operator)
+
     def preset_for(self, task: TaskConfig) -> str | None:
-        return None if self.preset is None else self.preset.replace("{task}", task.operator)
-
-
-@dataclass
-class EnsembleConfig:
-    """Particles and their interaction (see ensemble.EnsembleSpec)."""
-
-    particles: int = 1
-    backend: str = "local"
-    workers: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    address: str | None = None
-    features: str = "pixels"
-    dino_model: str | None = None
-    repulsion: dict[str, Any] = field(default_factory=dict)
-    pruning: dict[str, Any] = field(default_factory=dict)
-    smc: dict[str, Any] = field(default_factory=dict)
-    selection: str = "best"
-    select_k: int = 1
-    checkpoint_every: int = 10
+        return self.spec_for(task).preset
 
 
 @dataclass
@@ -116,7 +143,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     tasks: list[TaskConfig] = field(default_factory=list)
     methods: list[MethodConfig] = field(default_factory=list)
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    ensemble: EnsembleSettings = field(default_factory=EnsembleSettings)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output: str = "runs/experiment"
@@ -124,11 +151,13 @@ class ExperimentConfig:
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data (lists, dicts, scalars) that ``from_dict`` reads back."""
+        return _plain(self)
 
-    def method_ensemble(self, method: MethodConfig) -> EnsembleConfig:
-        """The experiment's ensemble settings with the method's own overrides applied."""
-        return dataclasses.replace(self.ensemble, **method.ensemble)
+    def method_ensemble(self, method: MethodConfig) -> EnsembleSettings:
+        """The experiment's ensemble settings with the method's own changes applied."""
+        merged = {**_plain(self.ensemble), **method.ensemble}
+        return build_section(EnsembleSettings, merged, f"methods.{method.name}.ensemble")
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -226,12 +255,21 @@ def check_fields(raw: Any, allowed: Sequence[str], where: str) -> Mapping[str, A
 
 def build_section(cls: type, raw: Any, where: str) -> Any:
     """The dataclass ``cls`` from a mapping, fields checked and converted by their type hints
-    (``where`` is the section's dotted path, for messages)."""
+    (``where`` is the section's dotted path, for messages). A class with a ``from_config``
+    classmethod reads its own mapping; the checks a settings class makes on construction
+    (a ``ValueError``) come back as a ``ConfigError`` prefixed with ``where``."""
+    if hasattr(cls, "from_config"):
+        return cls.from_config(raw, where)
     hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
     raw = check_fields(raw, fields, where)
     values = {name: _convert(hints[name], value, _join(where, name)) for name, value in raw.items()}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(_join(where, str(err))) from err
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
@@ -254,6 +292,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         return [_convert(item, v, f"{where}.{i}") for i, v in enumerate(value)]
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return tuple(_convert(item, v, f"{where}.{i}") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where} must be a mapping, got {value!r}")
@@ -314,6 +357,11 @@ def validate(config: ExperimentConfig) -> None:
                 f"{', '.join(operators.available())}"
             )
         _at_least(f"tasks.{i}.sigma", task.sigma, 0.0)
+    for task in config.tasks:
+        try:
+            operators.check_params(task.operator, task.params, filled=("shape", "sigma"))
+        except ValueError as err:
+            raise ConfigError(f"tasks.{task.name}.params: {err}") from err
     for method in config.methods:
         _validate_method(config, method)
     if config.metrics.lpips_net not in ("alex", "vgg", "squeeze"):
@@ -325,66 +373,27 @@ def validate(config: ExperimentConfig) -> None:
 
 
 def _validate_method(config: ExperimentConfig, method: MethodConfig) -> None:
+    """Every task's preset and the overrides fit the solver; the merged ensemble settings hold,
+    and pruning steps fall inside the solver's steps."""
     where = f"methods.{method.name}"
-    if method.solver not in solvers.available():
-        raise ConfigError(
-            f"{where}.solver = {method.solver!r}; allowed: {', '.join(solvers.available())}"
-        )
+    ensemble = config.method_ensemble(method)
     for task in config.tasks:
-        preset = method.preset_for(task)
-        if preset is not None and preset not in solvers.presets(method.solver):
+        spec = method.spec_for(task)
+        table = solvers.presets(spec.name)
+        if spec.preset is not None and spec.preset not in table:
             raise ConfigError(
-                f"{where}.preset = {method.preset!r} gives {preset!r} for task {task.name!r}, "
-                f"which {method.solver} does not have; presets: "
-                f"{', '.join(sorted(solvers.presets(method.solver)))}"
+                f"{where}.preset = {method.preset!r} gives {spec.preset!r} for task "
+                f"{task.name!r}, which {spec.name} does not have; presets: "
+                f"{', '.join(sorted(table))}"
             )
         try:
-            solvers.build(method.solver, preset, **method.overrides)
+            solver = spec.build()
         except ValueError as err:
             raise ConfigError(f"{where}.overrides: {err}") from err
-    allowed = {f.name for f in dataclasses.fields(EnsembleConfig)}
-    unknown = sorted(set(method.ensemble) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{where}.ensemble has unknown field(s) {', '.join(unknown)}; allowed: "
-            f"{', '.join(sorted(allowed))}"
-        )
-    ens = build_section(EnsembleConfig, dataclasses.asdict(config.method_ensemble(method)), where)
-    for name, value, options in (
-        ("backend", ens.backend, BACKENDS),
-        ("features", ens.features, FEATURES),
-        ("selection", ens.selection, SELECTIONS),
-    ):
-        if value not in options:
-            raise ConfigError(f"{where} ensemble.{name} = {value!r}; allowed: {', '.join(options)}")
-    interaction(ens, where)
-    _at_least(f"{where} ensemble.particles", ens.particles, 1)
-    _at_least(f"{where} ensemble.workers", ens.workers, 1)
-    if ens.workers > ens.particles:
-        raise ConfigError(
-            f"{where}: ensemble.workers = {ens.workers} exceeds ensemble.particles = "
-            f"{ens.particles}"
-        )
-
-
-def interaction(ens: EnsembleConfig, where: str = "ensemble") -> tuple[Repulsion, Pruning, SMC]:
-    """The ensemble's repulsion, pruning and SMC settings as ``ensemble.spec`` objects."""
-    built = []
-    for name, cls in (("repulsion", Repulsion), ("pruning", Pruning), ("smc", SMC)):
-        values = dict(getattr(ens, name))
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(allowed))
-        if unknown:
-            raise ConfigError(
-                f"{where} ensemble.{name} has unknown field(s) {', '.join(unknown)}; allowed: "
-                f"{', '.join(allowed)}"
-            )
-        for key in ("steps", "keep"):
-            if key in values:
-                values[key] = tuple(values[key])
-        built.append(cls(**values))
-    repulsion, pruning, smc = built
-    return repulsion, pruning, smc
+        try:
+            ensemble.pruning.check_steps(solver.num_steps)
+        except ValueError as err:
+            raise ConfigError(f"{where}.ensemble.{err}") from err
 
 
 def _at_least(where: str, value: float, low: float) -> None:
@@ -429,6 +438,20 @@ def expand(value: Any) -> Any:
         return {k: expand(v) for k, v in value.items()}
     if isinstance(value, list):
         return [expand(v) for v in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Settings as plain YAML data: dataclasses (through ``to_config`` where they define it) as
+    dicts, tuples as lists."""
+    if hasattr(value, "to_config"):
+        return value.to_config()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
     return value
 
 

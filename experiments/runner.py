@@ -33,7 +33,6 @@ from experiments.config import (
     check_paths,
     dump_config,
     expand,
-    interaction,
 )
 from operators import Operator
 from solvers.base import particle_seed
@@ -102,32 +101,14 @@ def ensemble_spec(
     seed: int,
 ) -> EnsembleSpec:
     """The ensemble run of one image."""
-    ens = config.method_ensemble(method)
-    repulsion, pruning, smc = interaction(ens, f"methods.{method.name}")
     return EnsembleSpec(
-        solver=method.solver,
-        preset=method.preset_for(task),
-        overrides=dict(method.overrides),
+        solver=method.spec_for(task),
         prior=expand(config.prior),
         operator=OperatorSpec.of(operator),
         y=y,
-        particles=ens.particles,
         seed=seed,
-        backend=ens.backend,
-        workers=ens.workers,
-        cpus_per_worker=ens.cpus_per_worker,
-        gpus_per_worker=ens.gpus_per_worker,
         device=config.device,
-        address=ens.address,
-        features=ens.features,
-        dino_model=ens.dino_model,
-        repulsion=repulsion,
-        pruning=pruning,
-        smc=smc,
-        selection=ens.selection,
-        select_k=ens.select_k,
-        checkpoint_every=ens.checkpoint_every,
-        progress=False,
+        settings=config.method_ensemble(method).replace(progress=False),
     )
 
 
@@ -311,7 +292,9 @@ def _run_image(
     try:
         truth, y, spec, result = sample_image(config, task, method, operator, data, index)
         row.update(image_metrics(config, operator, truth, y, result))
-        row.update({"nfe": result.nfe, "particles": spec.particles, "status": "ok", "error": ""})
+        row.update(
+            {"nfe": result.nfe, "particles": spec.settings.particles, "status": "ok", "error": ""}
+        )
         row["seconds"] = time.perf_counter() - began
         folder = Path(task.name) / method.name
         stem = name.replace("/", "_")

@@ -248,7 +248,7 @@ def _image_config(raw: dict[str, Any], search: SearchConfig) -> TuneConfig:
         )
     if search.metric == "lpips" and not experiment.metrics.lpips:
         raise ConfigError("search.metric = 'lpips' needs metrics.lpips: true")
-    method = dataclasses.replace(method, preset=method.preset_for(task))
+    method = dataclasses.replace(method, spec=method.spec_for(task))
     experiment = dataclasses.replace(experiment, methods=[method])
     output = Path(experiment.output).expanduser().resolve()
     return _checked(
@@ -503,20 +503,9 @@ def _method(raw: Any, index: int) -> MethodConfig:
     """One method of a GMM config: a solver with a preset and overrides (no ensemble)."""
     where = f"methods.{index}"
     check_fields(raw, ("name", "solver", "preset", "overrides"), where)
-    method = MethodConfig(
-        name=_typed(raw.get("name"), str, f"{where}.name"),
-        solver=_typed(raw.get("solver"), str, f"{where}.solver"),
-        preset=_optional(lambda v, w: _typed(v, str, w))(raw.get("preset"), f"{where}.preset"),
-        overrides=dict(_typed(raw.get("overrides") or {}, Mapping, f"{where}.overrides")),
-    )
-    import solvers
-
-    if method.solver not in solvers.available():
-        raise ConfigError(
-            f"{where}.solver = {method.solver!r}; allowed: {', '.join(solvers.available())}"
-        )
+    method = MethodConfig.from_config(raw, where)
     try:
-        solvers.build(method.solver, method.preset, **method.overrides)
+        method.spec.check()
     except ValueError as err:
         raise ConfigError(f"methods.{method.name}: {err}") from err
     return method
@@ -571,7 +560,7 @@ def score_images(
     from experiments.runner import build_operator, image_metrics, load_dataset, sample_image
 
     task, method = experiment.tasks[0], experiment.methods[0]
-    method = dataclasses.replace(method, overrides={**method.overrides, **(params or {})})
+    method = dataclasses.replace(method, spec=method.spec.with_overrides(params or {}))
     data = load_dataset(experiment)
     operator = build_operator(task, tuple(data.images.shape[1:])).to(experiment.device)
     try:

@@ -6,7 +6,7 @@ Defaults follow the DAPS/ReSample protocol (shared/reference/operators.md): imag
 """
 
 from operators.base import LinearOperator, Operator, OperatorInputError
-from operators.registry import available, build, operator_class
+from operators.registry import available, build, check_params, operator_class
 
 __all__ = [
     "LinearOperator",
@@ -14,5 +14,6 @@ __all__ = [
     "OperatorInputError",
     "available",
     "build",
+    "check_params",
     "operator_class",
 ]

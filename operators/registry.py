@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from operators.base import Operator, OperatorInputError
@@ -35,6 +37,30 @@ def operator_class(name: str) -> type[Operator]:
         )
     module_name, class_name = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def check_params(name: str, params: Mapping[str, Any], filled: tuple[str, ...] = ()) -> None:
+    """Refuse unknown or missing build parameters of operator ``name`` without building it,
+    naming the parameters it accepts (so a config fails before any work); ``filled`` names
+    parameters the caller supplies later (e.g. ``shape`` from the data)."""
+    signature = inspect.signature(operator_class(name).__init__)
+    accepted = [p for p in signature.parameters.values() if p.name != "self"]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted):
+        return
+    names = [p.name for p in accepted]
+    unknown = sorted(set(params) - set(names))
+    missing = [
+        p.name
+        for p in accepted
+        if p.default is inspect.Parameter.empty and p.name not in {*params, *filled}
+    ]
+    if unknown or missing:
+        problem = (
+            f"unknown parameter(s) {', '.join(unknown)}"
+            if unknown
+            else f"missing parameter(s) {', '.join(missing)}"
+        )
+        raise OperatorInputError(f"operator {name!r}: {problem}; parameters: {', '.join(names)}")
 
 
 def build(name: str, **params: Any) -> Operator:

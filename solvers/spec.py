@@ -59,6 +59,10 @@ class SolverSpec:
             self.name, self.preset.replace(TASK_PLACEHOLDER, operator), self.overrides
         )
 
+    def with_overrides(self, values: Mapping[str, Any]) -> SolverSpec:
+        """This spec with ``values`` merged over its overrides."""
+        return SolverSpec(self.name, self.preset, {**self.overrides, **values})
+
     def check(self) -> None:
         """Raise ``SolverInputError``/``SolverConfigError`` if the preset or overrides do not
         fit the solver (no prior is loaded)."""

@@ -14,6 +14,7 @@ import solvers
 from ensemble import SMC, EnsembleSpec, EnsembleSpecError, OperatorSpec, Pruning, Repulsion
 from ensemble.features import FeatureMap
 from solvers.priors.gmm import mcgdiff_problem
+from tests.ensemble_specs import flat_spec
 
 OVERRIDES = {"annealing_steps": 10, "mcmc_steps": 4}
 
@@ -35,7 +36,7 @@ def _spec(problem, **changes: Any) -> EnsembleSpec:
         "seed": 3,
         "progress": False,
     }
-    return EnsembleSpec(**{**base, **changes})
+    return flat_spec(**{**base, **changes})
 
 
 def test_without_interaction_it_is_the_solvers_own_sample(problem) -> None:
@@ -191,20 +192,28 @@ def test_operator_specs_rebuild_random_parts() -> None:
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        ({"backend": "slurm"}, "backend = 'slurm'; allowed"),
-        ({"workers": 7}, "workers = 7 exceeds particles = 6"),
-        ({"workers": 2, "partition": (2, 3)}, "partition"),
-        ({"pruning": Pruning(steps=(3,), keep=(2, 1))}, "same length"),
-        ({"pruning": Pruning(steps=(3,), keep=(9,))}, "survivor counts"),
-        ({"features": "dino"}, "dino_model"),
-        ({"repulsion": Repulsion(weight=-1.0)}, "weight >= 0"),
-        ({"smc": SMC(enabled=True), "pruning": Pruning(steps=(1,), keep=(2,))}, "not both"),
-        ({"y": torch.tensor([[float("nan")]])}, "finite"),
+        (lambda: {"backend": "slurm"}, "backend = 'slurm'; allowed"),
+        (lambda: {"workers": 7}, "workers = 7 exceeds particles = 6"),
+        (lambda: {"workers": 2, "partition": (2, 3)}, "partition"),
+        (lambda: {"pruning": Pruning(steps=(3,), keep=(2, 1))}, "same length"),
+        (lambda: {"pruning": Pruning(steps=(3,), keep=(9,))}, "survivor counts"),
+        (lambda: {"features": "dino"}, "dino_model"),
+        (lambda: {"repulsion": Repulsion(weight=-1.0)}, r"^weight must be a number >= 0"),
+        (
+            lambda: {"smc": SMC(enabled=True), "pruning": Pruning(steps=(1,), keep=(2,))},
+            "not both",
+        ),
+        (lambda: {"y": torch.tensor([[float("nan")]])}, "finite"),
+        (
+            lambda: {"smc": SMC(ess_threshold=1.5)},
+            r"^ess_threshold = 1\.5 must lie in \(0, 1\]",
+        ),
+        (lambda: {"pruning": Pruning(steps=(4, 2), keep=(2, 1))}, "increasing"),
     ],
 )
-def test_bad_specs_name_the_field(problem, changes: dict[str, Any], match: str) -> None:
+def test_bad_specs_name_the_field(problem, changes: Any, match: str) -> None:
     with pytest.raises(EnsembleSpecError, match=match):
-        _spec(problem, **changes)
+        _spec(problem, **changes())
 
 
 def test_pruning_beyond_the_last_step_is_refused(problem) -> None:
@@ -219,7 +228,7 @@ def test_shipped_prior_ensemble_with_pixel_repulsion() -> None:
     op = operators.build("inpaint_random", shape=(1, 32, 32), seed=0)
     image = load_builtin_split("digits", "test").images[:1]
     y = op.measure(image, torch.Generator().manual_seed(0))
-    spec = EnsembleSpec(
+    spec = flat_spec(
         solver="daps",
         preset="pixel_ula/inpaint_random",
         overrides={"annealing_steps": 3, "mcmc_steps": 2, "sigma_max": 20.0},
@@ -231,11 +240,9 @@ def test_shipped_prior_ensemble_with_pixel_repulsion() -> None:
         progress=False,
     )
     whole = ensemble.run(spec)
-    split = ensemble.run(spec.replace(workers=2))
-    plain = ensemble.run(spec.replace(repulsion=Repulsion()))
-    direct = solvers.build("daps", spec.preset, **spec.overrides).sample(
-        solvers.priors.loading.load("digits"), op, y, n=3, seed=0
-    )
+    split = ensemble.run(spec.with_settings(workers=2))
+    plain = ensemble.run(spec.with_settings(repulsion=Repulsion()))
+    direct = spec.solver.build().sample(solvers.priors.loading.load("digits"), op, y, n=3, seed=0)
     assert whole.status == ["ok"] * 3 and whole.nfe == direct.nfe
     assert torch.equal(plain.all_samples, direct.samples)
     assert (whole.all_samples - plain.all_samples).abs().amax() > 1e-4  # repulsion acted

@@ -10,6 +10,7 @@ import torch
 import ensemble
 from ensemble import SMC, EnsembleSpec, OperatorSpec, Repulsion
 from solvers.priors.gmm import mcgdiff_problem
+from tests.ensemble_specs import flat_spec
 
 pytestmark = pytest.mark.ray
 
@@ -29,7 +30,7 @@ def _spec(**changes: Any) -> EnsembleSpec:
         "repulsion": Repulsion(weight=2.0),
         "smc": SMC(enabled=True, ess_threshold=0.9),
     }
-    return EnsembleSpec(**{**base, **changes})
+    return flat_spec(**{**base, **changes})
 
 
 def test_ray_workers_give_the_in_process_samples(ray_session) -> None:

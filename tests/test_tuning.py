@@ -130,7 +130,9 @@ def test_the_gmm_objective_reports_running_means_per_instance() -> None:
     config = load_tune_config(CONFIGS / "tune_gmm.yaml")
     assert config.search.mode == "min" and config.gmm.first_instance >= 10_000
     gmm = GMMConfig(d=8, d_y=2, instances=2, particles=64, reference_samples=128, slices=20)
-    method = dataclasses.replace(config.method, overrides={"annealing_steps": 5})
+    method = dataclasses.replace(
+        config.method, spec=config.method.spec.with_overrides({"annealing_steps": 5})
+    )
     scores = list(score_gmm(method, gmm, {"lr": 0.5}))
     assert all(s["sliced_wasserstein"] > s["sw_floor"] > 0 for s in scores)
     reports: list[dict[str, Any]] = []

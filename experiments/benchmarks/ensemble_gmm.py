@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 import torch
 
 import ensemble
-from ensemble import SMC, EnsembleResult, EnsembleSpec, OperatorSpec, Repulsion
+from ensemble import SMC, EnsembleResult, EnsembleSettings, EnsembleSpec, OperatorSpec, Repulsion
 from experiments.metrics import sliced_wasserstein
+from solvers import SolverSpec
 from solvers.priors.gmm import GaussianMixturePosterior, GMMProblem, mcgdiff_problem
 
 GMM_PRESET = "gmm/pixel_hmc"
@@ -144,18 +145,18 @@ def run_ensembles(
 ) -> list[EnsembleResult]:
     """One ensemble of ``particles`` DAPS particles per seed (local backend)."""
     spec = EnsembleSpec(
-        solver="daps",
-        preset=GMM_PRESET,
-        overrides={"annealing_steps": steps},
+        solver=SolverSpec("daps", GMM_PRESET, {"annealing_steps": steps}),
         prior={"name": "gmm", "d": problem.prior.shape[0]},
         operator=OperatorSpec.of(problem.operator),
         y=problem.y,
-        particles=particles,
         seed=seeds[0],
-        progress=False,
-        features="pixels",
-        repulsion=variant.repulsion,
-        smc=variant.smc,
+        settings=EnsembleSettings(
+            particles=particles,
+            progress=False,
+            features="pixels",
+            repulsion=variant.repulsion,
+            smc=variant.smc,
+        ),
     )
     return [ensemble.run(spec.replace(seed=s)) for s in seeds]
 
@@ -269,17 +270,14 @@ def phase_retrieval_benchmark(args: argparse.Namespace) -> dict[str, list[dict[s
         seed = args.seed * 1_000_003 + i
         y = operator.measure(truth, torch.Generator().manual_seed(seed))
         spec = EnsembleSpec(
-            solver="daps",
-            preset=PR_PRESET,
-            overrides=PR_OVERRIDES,
+            solver=SolverSpec("daps", PR_PRESET, PR_OVERRIDES),
             prior="digits",
             operator=OperatorSpec.of(operator),
             y=y,
-            particles=PR_PARTICLES,
             seed=seed,
-            progress=False,
-            selection="best",
-            select_k=1,
+            settings=EnsembleSettings(
+                particles=PR_PARTICLES, progress=False, selection="best", select_k=1
+            ),
         )
         result = ensemble.run(spec)
         samples = result.all_samples.to(truth)

@@ -23,8 +23,9 @@ import torch
 
 import ensemble
 import operators
-from ensemble import EnsembleSpec, OperatorSpec, Repulsion
+from ensemble import EnsembleSettings, EnsembleSpec, OperatorSpec, Repulsion
 from ensemble.payload import nbytes
+from solvers import SolverSpec
 
 FFHQ_SHAPE = (3, 256, 256)
 DINO_FEATURES = 384  # ViT-S/16 CLS token
@@ -37,17 +38,18 @@ def problem_spec(args: argparse.Namespace) -> EnsembleSpec:
     operator = operators.build("inpaint_random", shape=(1, 32, 32), seed=0)
     image = load_builtin_split(args.prior, "test").images[:1]
     y = operator.measure(image, torch.Generator().manual_seed(0))
+    overrides = {"annealing_steps": args.steps, "mcmc_steps": args.mcmc, "sigma_max": 20.0}
     return EnsembleSpec(
-        solver="daps",
-        preset="pixel_hmc/inpaint_random",
-        overrides={"annealing_steps": args.steps, "mcmc_steps": args.mcmc, "sigma_max": 20.0},
+        solver=SolverSpec("daps", "pixel_hmc/inpaint_random", overrides),
         prior=args.prior,
         operator=OperatorSpec.of(operator),
         y=y,
-        particles=args.particles,
-        repulsion=Repulsion(weight=args.repulsion),
-        checkpoint_every=10,
-        progress=False,
+        settings=EnsembleSettings(
+            particles=args.particles,
+            repulsion=Repulsion(weight=args.repulsion),
+            checkpoint_every=10,
+            progress=False,
+        ),
     )
 
 
@@ -60,8 +62,8 @@ def measure(spec: EnsembleSpec) -> dict[str, float]:
     stats = result.stats
     return {
         "wall": wall,
-        "samples_per_s": spec.particles / wall,
-        "loop_samples_per_s": spec.particles / stats["loop_seconds"],
+        "samples_per_s": spec.settings.particles / wall,
+        "loop_samples_per_s": spec.settings.particles / stats["loop_seconds"],
         "step_ms": 1e3 * stats["loop_seconds"] / steps,
         "compute_ms": 1e3 * stats["compute_seconds"] / steps,
         "coordination_ms": 1e3 * stats["coordination_seconds"] / steps,
@@ -74,8 +76,8 @@ def backends_table(args: argparse.Namespace) -> list[tuple[str, dict[str, float]
     spec = problem_spec(args)
     variants = [
         ("local (1 process, batched)", spec),
-        ("ray, 1 worker", spec.replace(backend="ray", workers=1, cpus_per_worker=1.0)),
-        ("ray, 2 workers", spec.replace(backend="ray", workers=2, cpus_per_worker=1.0)),
+        ("ray, 1 worker", spec.with_settings(backend="ray", workers=1, cpus_per_worker=1.0)),
+        ("ray, 2 workers", spec.with_settings(backend="ray", workers=2, cpus_per_worker=1.0)),
     ]
     rows: dict[str, list[dict[str, float]]] = {name: [] for name, _ in variants}
     for _ in range(args.repeats):  # interleaved, so that load changes hit every variant alike
