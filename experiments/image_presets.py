@@ -25,7 +25,7 @@ import torch
 
 import operators
 from operators import Operator
-from solvers.preset_rules import SEED_TASKS
+from solvers.preset import SEED_TASKS
 
 SIGMA_Y = 0.05  # measurement noise in [-1, 1] units (DAPS pixel and LDM protocol)
 IMAGE_SHAPE = (1, 32, 32)

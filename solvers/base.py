@@ -1,13 +1,19 @@
-"""The steppable Solver contract (DESIGN.md, "Solver").
+"""The steppable Solver contract (docs/architecture.md, docs/solvers/index.md).
 
 A solver advances a batch of particles step by step so that an ensemble can make them interact
 between steps: ``init`` -> ``step`` x ``num_steps`` -> ``result``. ``sample`` runs that loop.
 Particle i draws its randomness from its own generator seeded by (seed, i), so samples do not
 depend on how particles are batched or split over workers.
+
+``Solver.step`` is a template: it checks the call, hands only the running particles
+(``Rows``: their x, x0, generators, force rows, extra rows and y) to the solver's one update
+``_update(rows, k) -> Update``, writes the result back into the full state and stops the
+particles whose new values are non-finite. Stopped and pruned particles cost nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +23,7 @@ import torch
 
 from operators import Operator
 from solvers.config import SolverConfig
-from solvers.preset_rules import preset_mismatch
+from solvers.preset import Preset
 from solvers.priors.base import Prior
 
 STATUS_OK = 0
@@ -102,13 +108,60 @@ class State:
 
     def mark_nonfinite(self) -> None:
         """Stop particles whose state or estimate holds NaN/inf (their values are frozen)."""
-        bad = ~torch.isfinite(self.x.flatten(1)).all(1) | ~torch.isfinite(self.x0.flatten(1)).all(1)
+        bad = ~finite_rows(self.x) | ~finite_rows(self.x0)
         self.status = torch.where(bad, torch.full_like(self.status, STATUS_NONFINITE), self.status)
 
     @property
     def active(self) -> torch.Tensor:
         """Boolean mask of particles still running."""
         return self.status == STATUS_OK
+
+
+@dataclass
+class Rows:
+    """The running particles of one step, as ``Solver.step`` hands them to ``_update``.
+
+    ``x``, ``x0``, ``extra``: their rows of the state; ``generators``: their random streams;
+    ``force``: their rows of the step's extra drift (None without one); ``y``: the measurement.
+    """
+
+    x: torch.Tensor
+    x0: torch.Tensor
+    generators: list[torch.Generator]
+    force: torch.Tensor | None
+    extra: dict[str, torch.Tensor]
+    y: torch.Tensor
+
+
+@dataclass
+class Update:
+    """The new values of the rows handed to ``_update``.
+
+    ``extra``: new rows of (some of) the state's extra tensors. ``failed``: rows to stop as
+    non-finite even though ``x`` and ``x0`` are finite (a solver that keeps a failed particle's
+    last finite values returns those together with ``failed``); rows whose ``x`` or ``x0`` is
+    non-finite are stopped in any case.
+    """
+
+    x: torch.Tensor
+    x0: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    failed: torch.Tensor | None = None
+
+
+def finite_rows(t: torch.Tensor) -> torch.Tensor:
+    """Rows of ``t`` without NaN/inf."""
+    return torch.isfinite(t.flatten(1)).all(1)
+
+
+def _put_rows(full: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``full`` with ``full[rows] = values`` (a new tensor; ``values`` itself when all rows)."""
+    values = values.detach().to(dtype=full.dtype, device=full.device)
+    if rows.numel() == full.shape[0]:
+        return values
+    out = full.clone()
+    out[rows] = values
+    return out
 
 
 @dataclass
@@ -123,7 +176,10 @@ class Result:
 
 
 class Solver:
-    """Base class. Subclasses set ``name``, ``config_class`` and implement ``_init``/``step``."""
+    """Base class. Subclasses set ``name``, ``config_class`` and implement ``_init``/``_update``.
+
+    Register a subclass with ``solvers.registry.register`` to make ``solvers.build`` know it.
+    """
 
     name: ClassVar[str] = "solver"
     config_class: ClassVar[type[SolverConfig]] = SolverConfig
@@ -132,7 +188,8 @@ class Solver:
 
     def __init__(self, config: SolverConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
-        self.preset: str | None = None  # set by ``build``; checked against the problem
+        self.preset: str | None = None  # set by ``build``
+        self.preset_info: Preset | None = None  # set by ``build``; checked against the problem
         self.prior: Prior | None = None
         self.operator: Operator | None = None
 
@@ -164,7 +221,49 @@ class Solver:
         raise NotImplementedError
 
     def step(self, state: State, k: int, force: torch.Tensor | None = None) -> State:
-        """Advance every active particle by step ``k``; ``force`` is an extra drift."""
+        """Advance every active particle by step ``k``; ``force`` is an extra drift.
+
+        Returns a new State; the stopped and pruned particles are left as they are (their
+        random streams are not drawn from).
+        """
+        if self.prior is None or self.operator is None:
+            raise SolverInputError(f"{self.name}: call init(prior, operator, y, ...) before step")
+        self.check_step(state, k, force)
+        rows = state.active.nonzero().flatten()
+        if rows.numel() == 0:
+            return state
+        assert state.y is not None
+        if rows.numel() == state.n:  # every particle runs: no copies
+            batch = Rows(state.x, state.x0, state.generators, force, dict(state.extra), state.y)
+        else:
+            at = rows.to(state.x.device)
+            batch = Rows(
+                x=state.x[at],
+                x0=state.x0[at],
+                generators=[state.generators[i] for i in rows.tolist()],
+                force=None if force is None else force[at.to(force.device)],
+                extra={key: value[at] for key, value in state.extra.items()},
+                y=state.y,
+            )
+        update = self._update(batch, k)
+        failed = ~finite_rows(update.x) | ~finite_rows(update.x0)
+        if update.failed is not None:
+            failed = failed | update.failed
+        status = state.status.clone()
+        status[rows[failed.to(rows.device)]] = STATUS_NONFINITE
+        extra = dict(state.extra)
+        for key, value in update.extra.items():
+            extra[key] = _put_rows(state.extra[key], rows.to(value.device), value)
+        return dataclasses.replace(
+            state,
+            x=_put_rows(state.x, rows.to(state.x.device), update.x),
+            x0=_put_rows(state.x0, rows.to(state.x0.device), update.x0),
+            status=status,
+            extra=extra,
+        )
+
+    def _update(self, rows: Rows, k: int) -> Update:
+        """Step ``k`` of the running particles ``rows`` (the one per-solver update)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def check_step(self, state: State, k: int, force: torch.Tensor | None) -> None:
@@ -247,8 +346,8 @@ class Solver:
             )
         if not bool(torch.isfinite(y).all()):
             raise SolverInputError("y contains NaN or infinite values")
-        if self.preset is not None:
-            problem = preset_mismatch(self.preset, prior.is_latent, operator.name)
+        if self.preset is not None and self.preset_info is not None:
+            problem = self.preset_info.mismatch(self.preset, prior.is_latent, operator.name)
             if problem is not None:
                 raise SolverInputError(f"{self.name}: {problem}")
 

@@ -45,15 +45,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from operators import LinearOperator, Operator
 from operators.linalg import cg, largest_eigenvalue
-from solvers.base import SolverInputError, State, particle_randn
+from solvers.base import Rows, SolverInputError, State, Update, particle_randn
 from solvers.config import SolverConfig, choice, hyper
+from solvers.preset import Preset
 from solvers.priors.base import Prior
+from solvers.registry import register
 from solvers.vp_grid import (
     VPGridConfig,
     VPGridSolver,
@@ -94,6 +96,33 @@ class CDPSConfig(VPGridConfig):
     )
 
 
+# GMM benchmark: chain_noise 1 / 0.1 / 0.03 / 0.01 / 0.001 scored 79.4 / 26.2 / 23.9 / 23.4 /
+# 23.3 x the floor on 24 instances; 0.03 keeps a margin from fitting the noise. Steps 50-300 and
+# the karras grid scored alike with the seed's chain; CG is exact here in d_y + 1 iterations
+# (Lambda = c I + rank d_y).
+CDPS_PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        overrides={
+            "steps": 1000,
+            "cg_iters": 10,
+            "chain_noise": 1.0,
+            "chain_noise_units": "absolute",
+        },
+        source=f"{SEED}: DDPM with T = 1000 on FFHQ/ImageNet (CG count unpublished: 10)",
+    ),
+    "cpu": Preset(
+        overrides={"steps": 100, "cg_iters": 10},
+        source="ours: 100 ancestral steps on the same alpha-bar table, for CPU",
+    ),
+    "gmm": Preset(
+        overrides={"steps": 100, "cg_iters": 10, "chain_noise": 0.03},
+        task="matrix",
+        source="GMM benchmark sweep of chain_noise (docs/gmm_benchmark.md)",
+    ),
+}
+
+
+@register(presets=CDPS_PRESETS)
 class CDPS(VPGridSolver):
     """C-DPS (seed 004) for linear operators and pixel priors."""
 
@@ -131,27 +160,17 @@ class CDPS(VPGridSolver):
             y=y,
         )
 
-    def step(self, state: State, k: int, force: torch.Tensor | None = None) -> State:
+    def _update(self, rows: Rows, k: int) -> Update:
         """Level s = S - k to s - 1: bridge draw of y_{s-1}, then the Gaussian reverse step."""
-        self.check_step(state, k, force)
-        rows = state.active.nonzero().flatten()
-        if rows.numel() == 0:
-            return state
-        gens = [state.generators[i] for i in rows.tolist()]
-        assert state.y is not None
         x_new, x0, y_prev = self.reverse_step(
-            state.x[rows],
-            state.extra["y_t"][rows],
-            state.y,
+            rows.x,
+            rows.extra["y_t"],
+            rows.y,
             self.config.steps - k,
-            gens,
-            None if force is None else force[rows],
+            rows.generators,
+            rows.force,
         )
-        x, x0_all, y_all = state.x.clone(), state.x0.clone(), state.extra["y_t"].clone()
-        x[rows], x0_all[rows], y_all[rows] = x_new, x0, y_prev
-        state.x, state.x0, state.extra["y_t"] = x, x0_all, y_all
-        state.mark_nonfinite()
-        return state
+        return Update(x_new, x0, {"y_t": y_prev})
 
     def reverse_step(
         self,
@@ -246,23 +265,3 @@ class CDPS(VPGridSolver):
             raise SolverInputError(
                 f"cdps needs a LinearOperator (adjoint, normal); {operator.name} is not one"
             )
-
-
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "cdps": {
-        # Seed 004: DDPM with T = 1000 on FFHQ/ImageNet (CG count unpublished: 10).
-        "paper": {
-            "steps": 1000,
-            "cg_iters": 10,
-            "chain_noise": 1.0,
-            "chain_noise_units": "absolute",
-        },
-        # Reduced for CPU: 100 ancestral steps on the same alpha-bar table.
-        "cpu": {"steps": 100, "cg_iters": 10},
-        # GMM benchmark: chain_noise 1 / 0.1 / 0.03 / 0.01 / 0.001 scored 79.4 / 26.2 / 23.9 /
-        # 23.4 / 23.3 x the floor on 24 instances; 0.03 keeps a margin from fitting the noise.
-        # Steps 50-300 and the karras grid scored alike with the seed's chain; CG is exact here
-        # in d_y + 1 iterations (Lambda = c I + rank d_y).
-        "gmm": {"steps": 100, "cg_iters": 10, "chain_noise": 0.03},
-    }
-}

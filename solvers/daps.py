@@ -1,6 +1,7 @@
 """DAPS: Decoupled Annealing Posterior Sampling (Zhang et al., CVPR 2025), pixel and latent.
 
-One annealing step i (``step(state, i)``), sigma_i from ``schedules.annealing_sigmas``:
+One annealing step i (``step(state, i)``, running particles only), sigma_i from
+``schedules.annealing_sigmas``:
 
 1. x0_hat = Euler solve of the probability-flow ODE from sigma_i down to the ODE end sigma over
    ``ode_steps + 1`` poly-rho levels (``ode_steps`` denoiser calls, no gradient); x0_hat is the
@@ -44,7 +45,6 @@ update) is stopped: its status becomes "stopped: non-finite values" and it keeps
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -54,17 +54,13 @@ import torch
 
 from operators import Operator
 from operators.base import LinearOperator
-from solvers.base import (
-    STATUS_NONFINITE,
-    Solver,
-    SolverInputError,
-    State,
-    particle_randn,
-)
+from solvers.base import Rows, Solver, SolverInputError, State, Update, particle_randn
 from solvers.config import SolverConfig, SolverConfigError, choice, hyper
-from solvers.preset_rules import SEED_TASKS as TASKS
+from solvers.preset import SEED_TASKS as TASKS
+from solvers.preset import Preset
 from solvers.priors import ode
 from solvers.priors.base import Prior
+from solvers.registry import register
 from solvers.schedules import SCHEDULE_VARIANTS, annealing_sigmas, poly_sigmas
 
 _REF = "DAPS reference code (zhangbingliang2019/DAPS, main branch), reference/algorithms.md"
@@ -164,9 +160,6 @@ _SD_HMC = {
     "nonlinear_blur": (60, 1e-5, 1.0, 0.80),
     "hdr": (45, 1.0e-5, 1.0, 0.7),
 }
-# The measurement noise each preset group was tuned for (reference/algorithms.md); the GMM
-# presets use the instance's own sigma_y through likelihood="gaussian".
-PRESET_SIGMA_Y = {"pixel_ula": 0.05, "pixel_hmc": 0.05, "ldm_hmc": 0.05, "sd_hmc": 0.01}
 
 
 def hmc_fields(row: tuple[int, float, float, float]) -> dict[str, Any]:
@@ -180,14 +173,25 @@ def hmc_fields(row: tuple[int, float, float, float]) -> dict[str, Any]:
     }
 
 
-def _table_presets() -> dict[str, dict[str, Any]]:
-    table: dict[str, dict[str, Any]] = {}
+def _table_presets() -> dict[str, Preset]:
+    """The per-task table of the DAPS reference (docs/solvers/daps.md), with the measurement
+    noise each group was tuned for."""
+    table: dict[str, Preset] = {}
     for task in TASKS:
         steps, lr = _PIXEL_ULA[task]
-        table[f"pixel_ula/{task}"] = {"mcmc": "langevin", "mcmc_steps": steps, "lr": lr}
-        table[f"pixel_hmc/{task}"] = hmc_fields(_PIXEL_HMC[task])
-        table[f"ldm_hmc/{task}"] = {**LATENT_SCHEDULE, **hmc_fields(LDM_HMC[task])}
-        table[f"sd_hmc/{task}"] = {**LATENT_SCHEDULE, **hmc_fields(_SD_HMC[task])}
+        groups = {
+            "pixel_ula": ({"mcmc": "langevin", "mcmc_steps": steps, "lr": lr}, "pixel", 0.05),
+            "pixel_hmc": (hmc_fields(_PIXEL_HMC[task]), "pixel", 0.05),
+            "ldm_hmc": ({**LATENT_SCHEDULE, **hmc_fields(LDM_HMC[task])}, "latent", 0.05),
+            "sd_hmc": ({**LATENT_SCHEDULE, **hmc_fields(_SD_HMC[task])}, "latent", 0.01),
+        }
+        for group, (overrides, backbone, sigma_y) in groups.items():
+            table[f"{group}/{task}"] = Preset(
+                overrides=overrides,
+                backbone=backbone,
+                task=task,
+                source=f"{_REF}, configs/task table ({group}, sigma_y {sigma_y})",
+            )
     return table
 
 
@@ -210,15 +214,23 @@ _GMM_COMMON: dict[str, Any] = {
     "lr": 0.5,
     "lr_min_ratio": 1.0,
 }
-GMM_PRESETS: dict[str, dict[str, Any]] = {
-    "gmm/pixel_ula": {**_GMM_COMMON, "mcmc": "langevin"},
-    "gmm/pixel_hmc": {**_GMM_COMMON, "mcmc": "hmc", "momentum": 0.95},
-    "gmm/latent_hmc": {**_GMM_COMMON, "mcmc": "hmc", "momentum": 0.95},
+_GMM_SOURCE = "GMM benchmark tuning on d = 8, d_y in {1, 4} (docs/gmm_benchmark.md)"
+GMM_PRESETS: dict[str, Preset] = {
+    f"gmm/{backbone}_{label}": Preset(
+        overrides={**_GMM_COMMON, "mcmc": mcmc, **extra},
+        backbone=backbone,
+        task="matrix",
+        source=_GMM_SOURCE,
+    )
+    for backbone, label, mcmc, extra in (
+        ("pixel", "ula", "langevin", {}),
+        ("pixel", "hmc", "hmc", {"momentum": 0.95}),
+        ("latent", "hmc", "hmc", {"momentum": 0.95}),
+    )
 }
 
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {"daps": {**_table_presets(), **GMM_PRESETS}}
 
-
+@register(presets={**_table_presets(), **GMM_PRESETS})
 class DAPS(Solver):
     """Decoupled Annealing Posterior Sampling for pixel and latent priors (LatentDAPS)."""
 
@@ -302,35 +314,34 @@ class DAPS(Solver):
         )
 
     # -- one annealing step ----------------------------------------------------------------------
-    def step(self, state: State, k: int, force: torch.Tensor | None = None) -> State:
-        """Annealing step ``k``: x0_hat by the ODE, MCMC towards p(x0 | x_k, y), renoise."""
+    def _update(self, rows: Rows, k: int) -> Update:
+        """Annealing step ``k``: x0_hat by the ODE, MCMC towards p(x0 | x_k, y), renoise.
+
+        A row that fails keeps its last ``x`` and ``x0`` and is stopped (``Update.failed``).
+        """
         prior, _ = self._problem()
-        self.check_step(state, k, force)
         sigma, sigma_next = self.sigmas[k], self.sigmas[k + 1]
         with torch.no_grad():
-            x0hat = self._ode(state.x, sigma)
+            x0hat = self._ode(rows.x, sigma)
         bad = ~finite_rows(x0hat)
-        x0hat = where_rows(bad, state.x, x0hat)  # a finite stand-in for rows that failed
+        x0hat = where_rows(bad, rows.x, x0hat)  # a finite stand-in for rows that failed
         # One block of per-particle noise per step: [HMC velocity], MCMC noise, renoising noise.
-        noise = _noise_stream(state.generators, x0hat, self._draws_per_step())
-        x0y, bad_mcmc = self._mcmc(state, x0hat, k, force, noise)
-        x0y, bad_refine = self._refine(state, x0y, k)
+        noise = _noise_stream(rows.generators, x0hat, self._draws_per_step())
+        x0y, bad_mcmc = self._mcmc(rows.y, x0hat, k, rows.force, noise)
+        x0y, bad_refine = self._refine(rows.y, x0y, k)
         x_next = x0y + sigma_next * next(noise)
         with torch.no_grad():
             image = prior.decode(x0y) if prior.is_latent else x0y
         bad = bad | bad_mcmc | bad_refine | ~finite_rows(x_next) | ~finite_rows(image)
-        keep = bad | ~state.active
-        status = torch.where(
-            bad & state.active, torch.full_like(state.status, STATUS_NONFINITE), state.status
-        )
-        return dataclasses.replace(
-            state,
-            x=where_rows(keep, state.x, x_next.detach()),
-            x0=where_rows(keep, state.x0, image.detach()),
-            status=status,
+        return Update(
+            x=where_rows(bad, rows.x, x_next.detach()),
+            x0=where_rows(bad, rows.x0, image.detach()),
+            failed=bad,
         )
 
-    def _refine(self, state: State, x0y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _refine(
+        self, y: torch.Tensor, x0y: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A hook between the MCMC and the renoising (DAPSOpt); DAPS keeps x0_y."""
         return x0y, torch.zeros(x0y.shape[0], dtype=torch.bool, device=x0y.device)
 
@@ -347,7 +358,7 @@ class DAPS(Solver):
 
     def _mcmc(
         self,
-        state: State,
+        y: torch.Tensor,
         x0hat: torch.Tensor,
         k: int,
         force: torch.Tensor | None,
@@ -368,7 +379,7 @@ class DAPS(Solver):
         v = next(noise) if hmc else None  # ULA carries no velocity
         bad = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(c.mcmc_steps):
-            grad, bad_data = self._data_gradient(x, state.y)
+            grad, bad_data = self._data_gradient(x, y)
             bad = bad | bad_data  # latent rows whose decoded image failed
             eps = next(noise)
             if v is not None:  # v' = m v + sqrt(eta) score(x) + sqrt(2 (1 - m)) eps

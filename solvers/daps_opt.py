@@ -14,11 +14,9 @@ The Adam step size is not given by seed 000; the default is ReSample's latent-op
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from solvers.base import State
 from solvers.config import SolverConfigError, choice, hyper
 from solvers.daps import (
     DAPS,
@@ -31,6 +29,8 @@ from solvers.daps import (
     hmc_fields,
     where_rows,
 )
+from solvers.preset import Preset
+from solvers.registry import register
 
 _SEED = "seed 000 (LD_HMC + measurement-error optimisation)"
 _BOX = LDM_HMC["inpaint_box"]
@@ -65,33 +65,41 @@ class DAPSOptConfig(DAPSConfig):
             )
 
 
-def _opt_presets() -> dict[str, dict[str, Any]]:
-    table: dict[str, dict[str, Any]] = {}
+def _opt_presets() -> dict[str, Preset]:
+    table: dict[str, Preset] = {}
     for iterations in (5, 15, 30):
         for task in TASKS:
-            table[f"ldm_hmc_opt{iterations}/{task}"] = {
-                **LATENT_SCHEDULE,
-                **hmc_fields(LDM_HMC[task]),
-                "opt_iterations": iterations,
-            }
+            table[f"ldm_hmc_opt{iterations}/{task}"] = Preset(
+                overrides={
+                    **LATENT_SCHEDULE,
+                    **hmc_fields(LDM_HMC[task]),
+                    "opt_iterations": iterations,
+                },
+                backbone="latent",
+                task=task,
+                source=f"{_SEED}: the LDM HMC row of the DAPS table, {iterations} iterations",
+            )
     return table
 
 
 # The GMM benchmark: gmm/latent_hmc with the optimisation window at the same fractions of the
 # run as seed 000 (15..45 of 50) and a step small against the posterior spread (unit-variance
 # components), so that it sharpens the measurement fit without collapsing the posterior.
-GMM_OPT_PRESET: dict[str, Any] = {
-    **GMM_PRESETS["gmm/latent_hmc"],
-    "opt_start": 300,
-    "opt_end": 900,
-    "opt_iterations": 5,
-    "opt_lr": 0.01,
-}
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "daps_opt": {**_opt_presets(), "gmm/latent_hmc_opt": GMM_OPT_PRESET}
-}
+GMM_OPT_PRESET = Preset(
+    overrides={
+        **GMM_PRESETS["gmm/latent_hmc"].overrides,
+        "opt_start": 300,
+        "opt_end": 900,
+        "opt_iterations": 5,
+        "opt_lr": 0.01,
+    },
+    backbone="latent",
+    task="matrix",
+    source="gmm/latent_hmc of DAPS, the window at seed 000's fractions (docs/gmm_benchmark.md)",
+)
 
 
+@register(presets={**_opt_presets(), "gmm/latent_hmc_opt": GMM_OPT_PRESET})
 class DAPSOpt(DAPS):
     """LatentDAPS-HMC with Adam on ||A(decode(z)) - y||^2 after the MCMC in chosen steps."""
 
@@ -99,7 +107,9 @@ class DAPSOpt(DAPS):
     config_class = DAPSOptConfig
     latent = True
 
-    def _refine(self, state: State, x0y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _refine(
+        self, y: torch.Tensor, x0y: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         assert isinstance(c, DAPSOptConfig)
         bad = torch.zeros(x0y.shape[0], dtype=torch.bool, device=x0y.device)
@@ -111,7 +121,7 @@ class DAPSOpt(DAPS):
         for _ in range(c.opt_iterations):
             optimizer.zero_grad()
             with torch.enable_grad():
-                loss, bad_image = self._measurement_error(z, state.y)
+                loss, bad_image = self._measurement_error(z, y)
                 loss.sum().backward()
             optimizer.step()
             with torch.no_grad():

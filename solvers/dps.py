@@ -50,8 +50,10 @@ from dataclasses import dataclass
 import torch
 
 from operators import Operator
-from solvers.base import Solver, SolverInputError, State, particle_randn
+from solvers.base import Rows, Solver, SolverInputError, State, Update, particle_randn
 from solvers.config import SolverConfig, SolverConfigError, choice, hyper
+from solvers.preset import Preset
+from solvers.registry import register
 
 BETA_SCHEDULES = ("linear", "scaled_linear")
 STEP_RULES = ("constant", "alpha_bar")
@@ -134,6 +136,62 @@ def ddpm_sigmas(config: DPSConfig) -> list[float]:
     return [*sigmas.tolist(), 0.0]
 
 
+# Presets. Sources: the DPS reference code's task configs (DPS2022/diffusion-posterior-sampling,
+# configs/*_config.yaml, `scale`, FFHQ 256, sigma_y 0.05; its phase-retrieval and Gaussian-deblur
+# configs use Poisson noise), ReSample App. C.3 for Latent-DPS. "gmm": the MCGdiff benchmark
+# (docs/gmm_benchmark.md); zeta = 0.2 had the lowest mean sliced Wasserstein distance over d in
+# {8, 80}, d_y in {1, 2, 4}, instances 0 and 1 among zeta in {0.1, 0.2, 0.3, 0.5, 1, 2, 3} at
+# 200 steps (1000 steps were not better); the latent preset reuses it with the pixel DDPM grid
+# (the LDM grid stops at sigma 14.6, below the spread of the mixture).
+_DPS_CODE = "DPS reference code, the task's config `scale` (FFHQ 256, sigma_y 0.05)"
+_DPS_ZETA = {
+    "super_resolution": 0.3,
+    "inpaint_box": 0.5,
+    "inpaint_random": 0.5,
+    "gaussian_blur": 0.3,
+    "motion_blur": 0.3,
+    "nonlinear_blur": 0.3,
+    "phase_retrieval": 1.0,
+}
+_GMM_SWEEP = "GMM benchmark sweep of zeta at 200 steps (docs/gmm_benchmark.md)"
+DPS_PRESETS: dict[str, Preset] = {
+    **{
+        f"pixel/{task}": Preset(
+            overrides={"zeta": zeta},
+            backbone="pixel",
+            task=task,
+            source=_DPS_CODE,
+        )
+        for task, zeta in _DPS_ZETA.items()
+    },
+    "gmm": Preset(overrides={"num_steps": 200, "zeta": 0.2}, task="matrix", source=_GMM_SWEEP),
+}
+LATENT_DPS_PRESETS: dict[str, Preset] = {
+    "ldm/natural": Preset(
+        overrides={}, backbone="latent", source="ReSample App. C.3 (natural images): defaults"
+    ),
+    "ldm/ct": Preset(
+        overrides={"zeta": 2.5, "num_steps": 1000},
+        backbone="latent",
+        source="ReSample App. C.3 (CT)",
+    ),
+    "gmm": Preset(
+        overrides={
+            "num_steps": 200,
+            "zeta": 0.2,
+            "step_rule": "constant",
+            "eta": 1.0,
+            "beta_schedule": "linear",
+            "beta_start": 1e-4,
+            "beta_end": 0.02,
+        },
+        task="matrix",
+        source=f"{_GMM_SWEEP}, the pixel DPS grid",
+    ),
+}
+
+
+@register(presets=DPS_PRESETS)
 class DPS(Solver):
     """Diffusion posterior sampling (Chung et al., ICLR 2023) for pixel-space priors."""
 
@@ -185,44 +243,34 @@ class DPS(Solver):
             y=y.to(device=device, dtype=dtype),
         )
 
-    def step(self, state: State, k: int, force: torch.Tensor | None = None) -> State:
-        """One ancestral step with the DPS correction (module docstring) on active particles."""
+    def _update(self, rows: Rows, k: int) -> Update:
+        """One ancestral step with the DPS correction (module docstring)."""
         prior, operator = self.prior, self.operator
-        if prior is None or operator is None:
-            raise SolverInputError(f"{self.name}: call init before step")
-        self.check_step(state, k, force)
-        rows = state.active.nonzero().flatten()
-        if rows.numel() == 0:
-            return state
+        assert prior is not None and operator is not None
         s, s_next = self.sigmas[k], self.sigmas[k + 1]
         cfg = self.config
-        x = state.x[rows].detach()
+        x = rows.x.detach()
         with torch.enable_grad():
             x_in = x.clone().requires_grad_(True)
             x0 = prior.denoise(x_in, s)
             image = self._image(x0)
-            grad_norm = _residual_norm_grad(operator, image, state.y, x_in)
+            grad_norm = _residual_norm_grad(operator, image, rows.y, x_in)
         with torch.no_grad():
             x0 = x0.detach()
             c = cfg.eta * s_next * math.sqrt(max(s**2 - s_next**2, 0.0)) / s
             x_next = x0 + math.sqrt(max(s_next**2 - c**2, 0.0)) * (x - x0) / s
             if c > 0:
-                x_next = x_next + c * particle_randn(
-                    [state.generators[i] for i in rows.tolist()], x
-                )
+                x_next = x_next + c * particle_randn(rows.generators, x)
             zeta = cfg.zeta / (1.0 + s**2) if cfg.step_rule == "alpha_bar" else cfg.zeta
             scale = zeta * math.sqrt((1.0 + s**2) * (1.0 + s_next**2))
             x_next = x_next - scale * grad_norm
-            if force is not None:
-                x_next = x_next + (s**2 - s_next**2) * force[rows].to(x_next)
+            if rows.force is not None:
+                x_next = x_next + (s**2 - s_next**2) * rows.force.to(x_next)
             x0_next = self._image(x_next) if s_next == 0 else image.detach()
-        new_x, new_x0 = state.x.clone(), state.x0.clone()
-        new_x[rows], new_x0[rows] = x_next, x0_next
-        state.x, state.x0 = new_x, new_x0
-        state.mark_nonfinite()
-        return state
+        return Update(x_next, x0_next)
 
 
+@register(presets=LATENT_DPS_PRESETS)
 class LatentDPS(DPS):
     """Latent-DPS (ReSample, Song et al., ICLR 2024, eq. 8-9): DPS in z through ``decode``."""
 
@@ -251,38 +299,3 @@ def _residual_norm_grad(
     inv = torch.where(norm > 0, 1.0 / norm, torch.zeros_like(norm))
     inv = torch.where(ok, inv, torch.full_like(inv, float("nan")))
     return grad * inv.view(-1, *([1] * (x.dim() - 1)))
-
-
-# Presets: field overrides per (backbone/task). Sources: the DPS reference code's task configs
-# (DPS2022/diffusion-posterior-sampling, configs/*_config.yaml, `scale`, FFHQ 256, sigma_y 0.05;
-# its phase-retrieval and Gaussian-deblur configs use Poisson noise), ReSample App. C.3 for
-# Latent-DPS. "gmm": MCGdiff benchmark (reference/gmm_benchmark.md); zeta = 0.2 had the lowest
-# mean sliced Wasserstein distance over d in {8, 80}, d_y in {1, 2, 4}, instances 0 and 1 among
-# zeta in {0.1, 0.2, 0.3, 0.5, 1, 2, 3} at 200 steps (1000 steps were not better); the latent
-# preset reuses it with the pixel DDPM grid (the LDM grid stops at sigma 14.6, below the spread
-# of the mixture).
-PRESETS: dict[str, dict[str, dict[str, object]]] = {
-    "dps": {
-        "pixel/super_resolution": {"zeta": 0.3},
-        "pixel/inpaint_box": {"zeta": 0.5},
-        "pixel/inpaint_random": {"zeta": 0.5},
-        "pixel/gaussian_blur": {"zeta": 0.3},
-        "pixel/motion_blur": {"zeta": 0.3},
-        "pixel/nonlinear_blur": {"zeta": 0.3},
-        "pixel/phase_retrieval": {"zeta": 1.0},
-        "gmm": {"num_steps": 200, "zeta": 0.2},
-    },
-    "latent_dps": {
-        "ldm/natural": {},
-        "ldm/ct": {"zeta": 2.5, "num_steps": 1000},
-        "gmm": {
-            "num_steps": 200,
-            "zeta": 0.2,
-            "step_rule": "constant",
-            "eta": 1.0,
-            "beta_schedule": "linear",
-            "beta_start": 1e-4,
-            "beta_end": 0.02,
-        },
-    },
-}

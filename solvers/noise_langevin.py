@@ -43,10 +43,12 @@ from dataclasses import dataclass
 
 import torch
 
-from solvers.base import Solver, SolverInputError, State, particle_randn
+from solvers.base import Rows, Solver, SolverInputError, State, Update, particle_randn
 from solvers.config import SolverConfig, choice, hyper
+from solvers.preset import Preset
 from solvers.priors import ode
 from solvers.priors.base import Prior
+from solvers.registry import register
 
 INTEGRATORS = ("euler_maruyama", "exponential")
 ADAM_BETAS = (0.9, 0.999)
@@ -85,6 +87,51 @@ class NoiseLangevinConfig(SolverConfig):
     )
 
 
+# Presets (seed 002, LSUN-Bedroom 256 with a 1-step consistency model, sigma_y = sigma_c = 0.1;
+# docs/solvers/noise_langevin.md): Adam steps / EM steps / h. "gmm": the MCGdiff benchmark
+# (docs/gmm_benchmark.md), the best of a small sweep (warm 0-400 steps, lr 5e-3 to 5e-2, h 3e-5
+# to 1e-3, 10-300 Langevin steps) on instances (8, 2, 0/1), (8, 4, 0), (80, 4, 1), (80, 1, 0); a
+# stronger Adam warm start mattered most, since Langevin steps rarely cross between the
+# generator's mode basins. Its step 1e-5: 1e-4 diverged on 3 of 120 benchmark instances (sigma_y
+# about 0.004, so the likelihood's curvature ||A J||^2 / sigma_y^2 is about 5e4) and 3e-5 / 1e-5
+# scored 31.9 / 29.6 x the floor against 41.8 on 18 instances (d in {8, 80}).
+_SEED_TABLES = "seed 002 Tables A.1-A.3 (LSUN-Bedroom 256, consistency model)"
+_CM_ROWS = {  # name: (task, warm_steps, langevin_steps, step_size)
+    "cm/super_resolution_x4": ("super_resolution", 500, 50, 1.5e-4),
+    "cm/super_resolution_x8": ("super_resolution", 800, 10, 1e-5),
+    "cm/gaussian_blur": ("gaussian_blur", 800, 10, 1e-6),
+    "cm/inpaint_random": ("inpaint_random", 800, 10, 1e-5),
+}
+NOISE_LANGEVIN_PRESETS: dict[str, Preset] = {
+    **{
+        name: Preset(
+            overrides={
+                "warm_steps": warm,
+                "langevin_steps": steps,
+                "step_size": h,
+                "sigma_c": 0.1,
+            },
+            backbone="pixel",
+            task=task,
+            source=_SEED_TABLES,
+        )
+        for name, (task, warm, steps, h) in _CM_ROWS.items()
+    },
+    "gmm": Preset(
+        overrides={
+            "warm_steps": 200,
+            "warm_lr": 2e-2,
+            "langevin_steps": 100,
+            "step_size": 1e-5,
+            "generator_steps": 10,
+        },
+        task="matrix",
+        source="GMM benchmark sweep (docs/gmm_benchmark.md)",
+    ),
+}
+
+
+@register(presets=NOISE_LANGEVIN_PRESETS)
 class NoiseLangevin(Solver):
     """Warm-started Langevin dynamics in the noise space of a deterministic generator."""
 
@@ -155,51 +202,44 @@ class NoiseLangevin(Solver):
         grad = torch.where(ok.view(-1, *([1] * (z.dim() - 1))), grad, float("nan"))
         return image.detach(), grad
 
-    def step(self, state: State, k: int, force: torch.Tensor | None = None) -> State:
-        """One Adam step (k < warm_steps) or one Langevin step on the active particles."""
-        if self.generate is None:
-            raise SolverInputError(f"{self.name}: call init before step")
-        self.check_step(state, k, force)
-        rows = state.active.nonzero().flatten()
-        if rows.numel() == 0:
-            return state
+    def _update(self, rows: Rows, k: int) -> Update:
+        """One Adam step (k < warm_steps) or one Langevin step, then G at the new z."""
         cfg = self.config
-        z, grad = state.x[rows], state.extra["grad"][rows]
-        f = None if force is None else force[rows].to(z)
-        extra = dict(state.extra)
+        z, grad = rows.x, rows.extra["grad"]
+        f = None if rows.force is None else rows.force.to(z)
+        extra: dict[str, torch.Tensor] = {}
         if k < cfg.warm_steps:
             if f is not None:
                 grad = grad - 2 * self.sigma_c**2 * f
             (b1, b2), t = ADAM_BETAS, k + 1
-            m = b1 * state.extra["adam_m"][rows] + (1 - b1) * grad
-            v = b2 * state.extra["adam_v"][rows] + (1 - b2) * grad.pow(2)
+            m = b1 * rows.extra["adam_m"] + (1 - b1) * grad
+            v = b2 * rows.extra["adam_v"] + (1 - b2) * grad.pow(2)
             m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
             z_next = z - cfg.warm_lr * m_hat / (v_hat.sqrt() + ADAM_EPS)
-            extra["adam_m"], extra["adam_v"] = (
-                _scatter(extra["adam_m"], rows, m),
-                _scatter(extra["adam_v"], rows, v),
-            )
+            extra["adam_m"], extra["adam_v"] = m, v
         else:
             drift = -grad / (2 * self.sigma_c**2)
             if f is not None:
                 drift = drift + f
             h = cfg.step_size
-            xi = particle_randn([state.generators[i] for i in rows.tolist()], z)
+            xi = particle_randn(rows.generators, z)
             if cfg.integrator == "euler_maruyama":
                 z_next = z + h * (drift - z) + math.sqrt(2 * h) * xi
             else:
                 decay = math.exp(-h)
                 z_next = decay * z - math.expm1(-h) * drift + math.sqrt(-math.expm1(-2 * h)) * xi
-        image, grad_next = self._evaluate(z_next, state.y)
-        state.x = _scatter(state.x, rows, z_next)
-        state.x0 = _scatter(state.x0, rows, image)
-        extra["grad"] = _scatter(extra["grad"], rows, grad_next)
-        langevin_index = k - cfg.warm_steps  # 0 for the first Langevin step
-        if langevin_index >= 0 and (langevin_index + 1) % cfg.thin == 0:
-            chain = torch.cat([extra["chain"], state.x0.unsqueeze(1)], dim=1)
-            extra["chain"] = chain[:, -cfg.keep :] if cfg.keep > 0 else chain
-        state.extra = extra
-        state.mark_nonfinite()
+        image, extra["grad"] = self._evaluate(z_next, rows.y)
+        return Update(z_next, image, extra)
+
+    def step(self, state: State, k: int, force: torch.Tensor | None = None) -> State:
+        """The template step, then every ``thin``-th Langevin iterate's image joins the chain."""
+        running = bool(state is not None and state.active.any())
+        state = super().step(state, k, force)
+        langevin_index = k - self.config.warm_steps  # 0 for the first Langevin step
+        if running and langevin_index >= 0 and (langevin_index + 1) % self.config.thin == 0:
+            chain = torch.cat([state.extra["chain"], state.x0.unsqueeze(1)], dim=1)
+            keep = self.config.keep
+            state.extra = {**state.extra, "chain": chain[:, -keep:] if keep > 0 else chain}
         return state
 
     def chain_samples(self, state: State) -> torch.Tensor:
@@ -228,56 +268,3 @@ def _generator(prior: Prior, cfg: NoiseLangevinConfig) -> Callable[[torch.Tensor
         return ode.solve(prior.denoise, hi * z, sigmas, method)
 
     return generate
-
-
-def _scatter(full: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """A copy of ``full`` with ``full[rows] = values``."""
-    out = full.clone()
-    out[rows] = values.to(out)
-    return out
-
-
-# Presets (seed 002, LSUN-Bedroom 256 with a 1-step consistency model, sigma_y = sigma_c = 0.1,
-# as summarised in reference/algorithms.md): Adam steps / EM steps / h. "gmm": MCGdiff benchmark
-# (reference/gmm_benchmark.md), the best of a small sweep (warm 0-400 steps, lr 5e-3 to 5e-2,
-# h 3e-5 to 1e-3, 10-300 Langevin steps) on instances (8, 2, 0/1), (8, 4, 0), (80, 4, 1),
-# (80, 1, 0); a stronger Adam warm start mattered most, since Langevin steps rarely cross between
-# the generator's mode basins.
-PRESETS: dict[str, dict[str, dict[str, object]]] = {
-    "noise_langevin": {
-        "cm/super_resolution_x4": {
-            "warm_steps": 500,
-            "langevin_steps": 50,
-            "step_size": 1.5e-4,
-            "sigma_c": 0.1,
-        },
-        "cm/super_resolution_x8": {
-            "warm_steps": 800,
-            "langevin_steps": 10,
-            "step_size": 1e-5,
-            "sigma_c": 0.1,
-        },
-        "cm/gaussian_blur": {
-            "warm_steps": 800,
-            "langevin_steps": 10,
-            "step_size": 1e-6,
-            "sigma_c": 0.1,
-        },
-        "cm/inpaint_random": {
-            "warm_steps": 800,
-            "langevin_steps": 10,
-            "step_size": 1e-5,
-            "sigma_c": 0.1,
-        },
-        # Step 1e-5: 1e-4 diverged on 3 of 120 benchmark instances (sigma_y about 0.004, so the
-        # likelihood's curvature ||A J||^2 / sigma_y^2 is about 5e4) and 3e-5 / 1e-5 scored
-        # 31.9 / 29.6 x the floor against 41.8 on 18 instances (d in {8, 80}).
-        "gmm": {
-            "warm_steps": 200,
-            "warm_lr": 2e-2,
-            "langevin_steps": 100,
-            "step_size": 1e-5,
-            "generator_steps": 10,
-        },
-    },
-}

@@ -40,14 +40,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from operators import LinearOperator, Operator
-from solvers.base import SolverInputError, State, particle_randn
+from solvers.base import Rows, SolverInputError, State, Update, particle_randn
 from solvers.config import SolverConfig, SolverConfigError, choice, hyper
+from solvers.preset import Preset
 from solvers.priors.base import Prior
+from solvers.registry import register
 from solvers.vp_grid import (
     VPGridConfig,
     VPGridSolver,
@@ -162,6 +164,64 @@ class ReSampleConfig(VPGridConfig):
             )
 
 
+# Presets: the paper's settings and a CPU-sized one (no backbone or task: they fit any), and the
+# one tuned on the exact-posterior GMM benchmark.
+RESAMPLE_PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        overrides={"steps": 500},
+        source=f"{PAPER} C.1 (LDM-VQ-4 FFHQ/CelebA-HQ/LSUN, natural images): the defaults",
+    ),
+    # T = 1000, stages t > 750 / 300 < t <= 750 / t <= 300, CG pixel step with kappa 0.9 and
+    # 50 iterations.
+    "ct": Preset(
+        overrides={
+            "steps": 1000,
+            "stage1_fraction": 0.25,
+            "stage3_fraction": 0.3,
+            "pixel_solver": "cg",
+            "pixel_kappa": 0.9,
+            "pixel_cg_iters": 50,
+        },
+        source=f"{PAPER} C.2 (CT, LDM fine-tuned)",
+    ),
+    # Tuned on d = 8, d_y 1-4, pixel and LinearDecoderPrior beds (instances 0-3 tuned, 3-4 held
+    # out): the image-scale step sizes are far too small for mixture components 8 apart; exact
+    # CG projection for the linear A; stop the latent fit at about the noise power (MSE 0.1); a
+    # stronger DPS step (zeta 8 best on d = 8, 16 better on d = 80 but unstable for large
+    # sigma_y, 64 diverges).
+    "gmm": Preset(
+        overrides={
+            "steps": 500,
+            "skip": 20,
+            "lookahead": 2,
+            "zeta": 8.0,
+            "pixel_solver": "cg",
+            "pixel_kappa": 1.0,
+            "pixel_cg_iters": 50,
+            "latent_lr": 0.1,
+            "latent_iters": 300,
+            "latent_window": 50,
+            "latent_tol": 0.1,
+        },
+        task="matrix",
+        source="GMM benchmark tuning, pixel and latent beds (docs/gmm_benchmark.md)",
+    ),
+    # 50 DDIM steps keep 17 events (10 pixel, 7 latent) with skip 2.
+    "cpu": Preset(
+        overrides={
+            "steps": 50,
+            "skip": 2,
+            "lookahead": 2,
+            "pixel_iters": 300,
+            "latent_iters": 100,
+            "latent_window": 40,
+        },
+        source="ours: reduced for CPU",
+    ),
+}
+
+
+@register(presets=RESAMPLE_PRESETS)
 class ReSample(VPGridSolver):
     """ReSample (Song et al., ICLR 2024) for latent priors, and pixel priors (identity codec)."""
 
@@ -224,24 +284,13 @@ class ReSample(VPGridSolver):
         assert self.prior is not None
         return self.prior.encode(image) if self.prior.is_latent else image
 
-    def step(self, state: State, k: int, force: torch.Tensor | None = None) -> State:
+    def _update(self, rows: Rows, k: int) -> Update:
         """DDIM index T-1-k: DDIM + DPS correction (+ hard consistency, resampling, final)."""
-        self.check_step(state, k, force)
-        rows = state.active.nonzero().flatten()
-        if rows.numel() == 0:
-            return state
-        gens = [state.generators[i] for i in rows.tolist()]
         index = self.config.steps - 1 - k
-        z, x0, broken = self._advance(
-            state.x[rows], state.y, index, None if force is None else force[rows], gens
-        )
+        z, x0, broken = self._advance(rows.x, rows.y, index, rows.force, rows.generators)
         z = torch.where(broken.view(-1, *([1] * (z.dim() - 1))), math.nan, z)
         x0 = torch.where(broken.view(-1, *([1] * (x0.dim() - 1))), math.nan, x0)
-        x, x0_all = state.x.clone(), state.x0.clone()
-        x[rows], x0_all[rows] = z, x0
-        state.x, state.x0 = x, x0_all
-        state.mark_nonfinite()
-        return state
+        return Update(z, x0)
 
     # -- one DDIM index on the active particles ------------------------------------------------
     def _advance(
@@ -379,51 +428,3 @@ class ReSample(VPGridSolver):
             c.weight_decay,
         )
         return out, broken
-
-
-def _resample_presets() -> dict[str, dict[str, Any]]:
-    return {
-        # App. C.1 (LDM-VQ-4 FFHQ/CelebA-HQ/LSUN, natural images): the defaults.
-        "paper": {"steps": 500},
-        # App. C.2 (CT, LDM fine-tuned): T = 1000, stages t > 750 / 300 < t <= 750 / t <= 300,
-        # CG pixel step with kappa 0.9 and 50 iterations.
-        "ct": {
-            "steps": 1000,
-            "stage1_fraction": 0.25,
-            "stage3_fraction": 0.3,
-            "pixel_solver": "cg",
-            "pixel_kappa": 0.9,
-            "pixel_cg_iters": 50,
-        },
-        # Tuned on the exact-posterior GMM benchmark (d = 8, d_y 1-4, pixel and
-        # LinearDecoderPrior beds; instances 0-3 tuned, 3-4 held out): the image-scale step
-        # sizes are far too small for mixture components 8 apart; exact CG projection for the
-        # linear A; stop the latent fit at about the noise power (MSE 0.1); a stronger DPS step
-        # (zeta 8 best on d = 8, 16 better on d = 80 but unstable for large sigma_y, 64
-        # diverges).
-        "gmm": {
-            "steps": 500,
-            "skip": 20,
-            "lookahead": 2,
-            "zeta": 8.0,
-            "pixel_solver": "cg",
-            "pixel_kappa": 1.0,
-            "pixel_cg_iters": 50,
-            "latent_lr": 0.1,
-            "latent_iters": 300,
-            "latent_window": 50,
-            "latent_tol": 0.1,
-        },
-        # Reduced for CPU: 50 DDIM steps keep 17 events (10 pixel, 7 latent) with skip 2.
-        "cpu": {
-            "steps": 50,
-            "skip": 2,
-            "lookahead": 2,
-            "pixel_iters": 300,
-            "latent_iters": 100,
-            "latent_window": 40,
-        },
-    }
-
-
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {"resample": _resample_presets()}

@@ -363,7 +363,7 @@ def test_gmm_posterior_accuracy(
 
 def test_daps_opt_without_iterations_is_latent_daps() -> None:
     p = _problem(latent=True)
-    overrides = {**GMM_PRESETS["gmm/latent_hmc"], **FAST}
+    overrides = {**GMM_PRESETS["gmm/latent_hmc"].overrides, **FAST}
     plain = solvers.build("daps", **overrides).sample(p.prior, p.operator, p.y, n=3, seed=4)
     opt = solvers.build("daps_opt", opt_iterations=0, **overrides)
     assert isinstance(opt, DAPSOpt)
