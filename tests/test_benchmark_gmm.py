@@ -7,6 +7,7 @@ import csv
 import pytest
 
 from experiments.benchmarks.gmm import Entry, Protocol, beds, main, run, select_entries
+from solvers import SolverSpec
 
 # d = 8, d_y = 2, MCGdiff instance 0, 300 samples, 100 slices.
 TINY = Protocol(dims=(8,), dys=(2,), instances=1, samples=300, slices=100, seed=0)
@@ -19,8 +20,8 @@ def _by_label(rows: list[dict]) -> dict[tuple[str, str], dict]:
 def test_solvers_beat_prior_samples_and_approach_the_floor() -> None:
     # Measured on this cell: floor 0.091 (pixel) and 0.51 (latent bed); DAPS pixel HMC with 100
     # annealing steps SW 0.85 = 9.4 x floor; DPS 0.67 = 7.3 x; prior samples 11.0 = 120 x.
-    daps = Entry("daps", "gmm/pixel_hmc", False, {"annealing_steps": 100})
-    rows = _by_label(run([daps, Entry("dps", "gmm", False)], TINY))
+    daps = Entry(SolverSpec("daps", "gmm/pixel_hmc", {"annealing_steps": 100}), False)
+    rows = _by_label(run([daps, Entry(SolverSpec("dps", "gmm"), False)], TINY))
     floor = rows[("floor", "pixel")]["sw"]
     assert 0.0 < floor < 0.5
     assert 0.0 < rows[("floor", "latent")]["sw"] < 1.0

@@ -10,6 +10,7 @@ import torch
 import solvers
 from experiments.benchmarks import solver_overhead as bench
 from experiments.benchmarks.solver_overhead import CallKey, Case, Problem, Row, Timing
+from solvers import SolverSpec
 from solvers.priors.gmm import mcgdiff_problem
 
 D = 4  # the benchmark itself runs the shipped priors; here the analytic GMM keeps tests fast
@@ -22,11 +23,12 @@ def gmm():
 
 
 def test_every_registered_solver_has_a_case():
-    assert {case.solver for case in bench.CASES} == set(solvers.available())
+    assert {case.spec.name for case in bench.cases()} == set(solvers.available())
+    assert {case.spec.name for case in bench.CASES} == set(solvers.available())  # all tuned
 
 
 def test_dps_run_counts_one_graph_call_per_step_and_times_it(gmm):
-    case = Case("dps", "dps", "gmm", "gmm", {"num_steps": 3}, True)
+    case = Case("dps", SolverSpec("dps", "gmm", {"num_steps": 3}), "gmm", True)
     row = bench.measure(case, gmm, n=2, repeats=1, calls_per_repeat=2)
     key = CallKey("denoise", (2, D), True)
     assert row.nfe == 3 and row.steps == 3  # Result.nfe: batched calls, one per DPS step
@@ -43,7 +45,7 @@ def test_dps_run_counts_one_graph_call_per_step_and_times_it(gmm):
 
 def test_daps_calls_the_denoiser_without_graph_ode_steps_times(gmm):
     overrides = {"annealing_steps": 2, "ode_steps": 3}
-    case = Case("daps", "daps", "gmm", "gmm/pixel_hmc", overrides, True)
+    case = Case("daps", SolverSpec("daps", "gmm/pixel_hmc", overrides), "gmm", True)
     row = bench.measure(case, gmm, n=2, repeats=2, calls_per_repeat=1)
     assert row.nfe == 6 and row.calls == {CallKey("denoise", (2, D), False): 6}
 
@@ -51,7 +53,7 @@ def test_daps_calls_the_denoiser_without_graph_ode_steps_times(gmm):
 def test_overhead_formula_on_given_numbers():
     denoise, decode = CallKey("denoise", (4, 2), True), CallKey("decode", (4, 2), True)
     row = Row(
-        case=Case("x", "dps", "digits", None),
+        case=Case("x", SolverSpec("dps"), "digits"),
         n=4,
         steps=10,
         nfe=10,
@@ -115,7 +117,7 @@ def test_peak_bytes_sees_two_live_megabytes():
 def test_target_is_judged_on_the_in_run_overhead_beyond_all_network_calls():
     key = CallKey("denoise", (4, 2), False)
     row = Row(
-        case=Case("x", "daps", "digits", None, target=True),
+        case=Case("x", SolverSpec("daps"), "digits", target=True),
         n=4,
         steps=10,
         nfe=10,
@@ -128,5 +130,5 @@ def test_target_is_judged_on_the_in_run_overhead_beyond_all_network_calls():
     assert bench.target_met(row) == "**yes / no**"
     row.in_run[bench.NETWORK_METHODS]["cpu"] = 0.09
     assert bench.target_met(row) == "yes / yes"
-    untargeted = dataclasses.replace(row, case=Case("x", "cdps", "digits", None))
+    untargeted = dataclasses.replace(row, case=Case("x", SolverSpec("cdps"), "digits"))
     assert bench.target_met(untargeted) == "n/a"

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
 
@@ -42,6 +42,7 @@ SCHEDULE_NOTE = (
     "(sigma 80 -> 0.002)."
 )
 PRIOR_LABEL = "prior (no data)"
+GMM_TASK = "matrix"  # the operator of the MCGdiff instances: presets for it are benchmarked
 # Problem instance i of a run seeded s is MCGdiff instance INSTANCE_STRIDE * s + i (so --seed 0
 # gives instances 0, 1, ..., the numbering the solver tests use).
 INSTANCE_STRIDE = 1000
@@ -51,53 +52,47 @@ STREAM_REFERENCE, STREAM_FLOOR, STREAM_SLICES, STREAM_PRIOR, STREAM_SOLVER = ran
 
 @dataclass(frozen=True)
 class Entry:
-    """One benchmarked configuration: solver ``name`` with ``preset`` on one test bed.
+    """One benchmarked configuration: a solver ``spec`` on one test bed.
 
-    ``latent`` picks the ``LinearDecoderPrior`` variant; ``overrides`` are extra config fields
-    on top of the preset (empty for the command line; small runs such as tests shorten solvers).
+    ``latent`` picks the ``LinearDecoderPrior`` variant; the spec's overrides are extra config
+    fields on top of the preset (empty for the command line; small runs such as tests shorten
+    solvers).
     """
 
-    name: str
-    preset: str
+    spec: solvers.SolverSpec
     latent: bool
-    overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
-        return f"{self.name} {self.preset}"
+        return f"{self.spec.name} {self.spec.preset}"
 
     @property
     def bed(self) -> str:
         return "latent" if self.latent else "pixel"
 
     def settings(self) -> dict[str, Any]:
-        """The preset's field overrides, then ``overrides``: what differs from the defaults."""
-        return {**solvers.presets(self.name)[self.preset], **self.overrides}
+        """The preset's field overrides, then the spec's: what differs from the defaults."""
+        assert self.spec.preset is not None
+        preset = solvers.presets(self.spec.name)[self.spec.preset]
+        return {**preset.overrides, **self.spec.overrides}
 
 
 # -- which solvers, presets and beds -----------------------------------------------------------
 def gmm_presets(name: str) -> list[str]:
-    """The presets of solver ``name`` tuned for this benchmark (names starting with "gmm")."""
-    return sorted(p for p in solvers.presets(name) if p.startswith("gmm"))
+    """The presets of solver ``name`` tuned for this benchmark: those whose task is the GMM's
+    ``matrix`` operator."""
+    return sorted(k for k, p in solvers.presets(name).items() if p.task == GMM_TASK)
 
 
 def beds(name: str, preset: str) -> tuple[bool, ...]:
-    """The test beds (latent flags) a solver preset runs on.
-
-    A solver restricted to pixel or latent priors runs on that bed; otherwise a preset named for
-    one ("gmm/pixel_...", "gmm/latent_...") runs there, and an unnamed one on both.
-    """
-    restricted = solvers.solver_class(name).latent
-    if restricted is not None:
-        return (bool(restricted),)
-    for word, latent in (("latent", True), ("pixel", False)):
-        if word in preset:
-            return (latent,)
-    return (False, True)
+    """The test beds (latent flags) a solver preset runs on: the solver's restriction, else the
+    preset's backbone, else both."""
+    return tuple(backbone == "latent" for backbone in solvers.backbones(name, preset))
 
 
 def select_entries(specs: Iterable[str] | None) -> list[Entry]:
-    """Entries for ``specs`` ("name" = all its gmm presets, or "name:preset"); None = all."""
+    """Entries for ``specs`` ("name" = all its gmm presets, or "name:preset"); None = every
+    registered solver's gmm presets."""
     pairs: list[tuple[str, str]] = []
     for spec in specs if specs is not None else solvers.available():
         name, _, preset = spec.partition(":")
@@ -105,9 +100,15 @@ def select_entries(specs: Iterable[str] | None) -> list[Entry]:
         if preset and preset not in known:
             raise SystemExit(f"{name} has no gmm preset {preset!r}; gmm presets: {known}")
         if not known and specs is not None:
-            raise SystemExit(f"{name} has no gmm preset; its presets: {solvers.presets(name)}")
+            raise SystemExit(
+                f"{name} has no gmm preset; its presets: {sorted(solvers.presets(name))}"
+            )
         pairs += [(name, preset)] if preset else [(name, p) for p in known]
-    return [Entry(name, preset, latent) for name, preset in pairs for latent in beds(name, preset)]
+    return [
+        Entry(solvers.SolverSpec(name, preset), latent)
+        for name, preset in pairs
+        for latent in beds(name, preset)
+    ]
 
 
 # -- one instance ------------------------------------------------------------------------------
@@ -186,7 +187,7 @@ def solver_row(entry: Entry, d: int, d_y: int, index: int, n: int, slices: int, 
     """
     torch.set_num_threads(1)
     p = problem(d, d_y, seed, index, entry.latent)
-    solver = solvers.build(entry.name, entry.preset, **entry.overrides)
+    solver = entry.spec.build()
     result = solver.sample(
         p.prior, p.operator, p.y, n=n, seed=stream_seed(seed, index, STREAM_SOLVER)
     )
@@ -196,8 +197,8 @@ def solver_row(entry: Entry, d: int, d_y: int, index: int, n: int, slices: int, 
     exact = reference(p, n, seed, index)
     sw = sliced(result.samples[ok], exact, slices, seed, index) if bool(ok.any()) else math.nan
     return _row(
-        entry.name,
-        entry.preset,
+        entry.spec.name,
+        entry.spec.preset,
         entry.bed,
         d,
         d_y,

@@ -38,6 +38,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+import solvers
+from solvers import SolverSpec
+
 TARGET_PERCENT = 10.0
 CLOCKS = ("wall", "cpu")
 CALL_SIGMA = 1.0  # noise level of the timed denoiser calls (the network cost does not depend on it)
@@ -48,19 +51,20 @@ DENOISER_METHODS = ("denoise", "score")
 REPO = Path(__file__).resolve().parents[2]
 
 
+PRIORS = {"pixel": "digits", "latent": "digits_latent"}  # shipped prior per backbone
+
+
 @dataclass(frozen=True)
 class Case:
-    """One benchmarked configuration: solver, shipped prior, preset and step-count overrides.
+    """One benchmarked configuration: a solver ``spec`` on a shipped ``prior``.
 
     ``target``: whether the 10% overhead target of the issue applies (DAPS, DPS, noise-space
     Langevin); ``prior_options``: loader options of the prior (``solvers.priors.loading.load``).
     """
 
     label: str
-    solver: str
+    spec: SolverSpec
     prior: str
-    preset: str | None
-    overrides: dict[str, Any] = field(default_factory=dict)
     target: bool = False
     prior_options: tuple[tuple[str, Any], ...] = ()
 
@@ -71,60 +75,81 @@ class Case:
         return f"{self.prior} ({options})" if options else self.prior
 
 
+# The built-in solvers with their presets for the benchmark's operator and step counts cut for
+# a short run; ``cases`` adds a default case for every other registered solver.
 CASES: tuple[Case, ...] = (
-    Case("dps", "dps", "digits", "pixel/inpaint_random", {"num_steps": 20}, True),
-    Case("latent_dps", "latent_dps", "digits_latent", "ldm/natural", {"num_steps": 20}, True),
+    Case("dps", SolverSpec("dps", "pixel/inpaint_random", {"num_steps": 20}), "digits", True),
+    Case(
+        "latent_dps",
+        SolverSpec("latent_dps", "ldm/natural", {"num_steps": 20}),
+        "digits_latent",
+        True,
+    ),
     Case(
         "daps pixel ULA",
-        "daps",
+        SolverSpec("daps", "pixel_ula/inpaint_random", {"annealing_steps": 10, "sigma_max": 20.0}),
         "digits",
-        "pixel_ula/inpaint_random",
-        {"annealing_steps": 10, "sigma_max": 20.0},
         True,
     ),
     Case(
         "daps pixel HMC",
-        "daps",
+        SolverSpec("daps", "pixel_hmc/inpaint_random", {"annealing_steps": 10, "sigma_max": 20.0}),
         "digits",
-        "pixel_hmc/inpaint_random",
-        {"annealing_steps": 10, "sigma_max": 20.0},
         True,
     ),
     Case(
         "daps latent HMC",
-        "daps",
+        SolverSpec("daps", "ldm_hmc/inpaint_random", {"annealing_steps": 4}),
         "digits_latent",
-        "ldm_hmc/inpaint_random",
-        {"annealing_steps": 4},
         True,
     ),
     Case(
         "daps_opt",
-        "daps_opt",
+        SolverSpec(
+            "daps_opt",
+            "ldm_hmc_opt5/inpaint_random",
+            {"annealing_steps": 4, "opt_start": 1, "opt_end": 3},
+        ),
         "digits_latent",
-        "ldm_hmc_opt5/inpaint_random",
-        {"annealing_steps": 4, "opt_start": 1, "opt_end": 3},
     ),
     Case(
         "resample latent",
-        "resample",
+        SolverSpec(
+            "resample",
+            "cpu",
+            {"steps": 20, "pixel_iters": 50, "latent_iters": 20, "latent_window": 10},
+        ),
         "digits_latent",
-        "cpu",
-        {"steps": 20, "pixel_iters": 50, "latent_iters": 20, "latent_window": 10},
     ),
     # The shipped priors bring their own ODE generator (the prior's ``ode_steps``, Heun), which
     # noise_langevin uses instead of its generator_* fields: the prior is loaded with 3 steps.
     Case(
         "noise_langevin",
-        "noise_langevin",
+        SolverSpec("noise_langevin", None, {"warm_steps": 4, "langevin_steps": 4}),
         "digits",
-        None,
-        {"warm_steps": 4, "langevin_steps": 4},
         True,
         (("ode_steps", 3),),
     ),
-    Case("cdps", "cdps", "digits", "cpu", {"steps": 20}),
+    Case("cdps", SolverSpec("cdps", "cpu", {"steps": 20}), "digits"),
 )
+
+
+def default_case(name: str) -> Case:
+    """A case for registered solver ``name``: on the shipped prior of the first backbone it
+    runs on, with its preset for the benchmark's operator there if it has one, else defaults."""
+    backbone = solvers.backbones(name)[0]
+    fitting = [
+        preset
+        for preset, info in solvers.presets(name).items()
+        if info.task == OPERATOR and info.backbone in (None, backbone)
+    ]
+    return Case(name, SolverSpec(name, fitting[0] if fitting else None), PRIORS[backbone])
+
+
+def cases() -> list[Case]:
+    """``CASES``, then a default case for every registered solver that has none there."""
+    covered = {case.spec.name for case in CASES}
+    return [*CASES, *(default_case(n) for n in solvers.available() if n not in covered)]
 
 
 class CallKey(NamedTuple):
@@ -347,9 +372,7 @@ def peak_allocated_bytes(fn: Callable[[], object]) -> int:
 # -- one case -------------------------------------------------------------------------------------
 def build_solver(case: Case) -> Any:
     """The case's solver: defaults, then its preset, then its overrides."""
-    import solvers
-
-    return solvers.build(case.solver, case.preset, **case.overrides)
+    return case.spec.build()
 
 
 def measure(case: Case, problem: Problem, n: int, repeats: int, calls_per_repeat: int = 5) -> Row:
@@ -479,8 +502,9 @@ def describe_calls(row: Row) -> str:
 
 def settings(case: Case) -> str:
     """The preset and overrides, short."""
-    over = ", ".join(f"{k}={v}" for k, v in case.overrides.items())
-    return f"{case.preset or 'defaults'}; {over}" if over else case.preset or "defaults"
+    preset = case.spec.preset or "defaults"
+    over = ", ".join(f"{k}={v}" for k, v in case.spec.overrides.items())
+    return f"{preset}; {over}" if over else preset
 
 
 def target_met(row: Row) -> str:
@@ -547,11 +571,12 @@ peak KB/particle: (peak at 2N - peak at N) / N."""
 
 def select(names: list[str] | None) -> list[Case]:
     """Cases whose label or solver name is in ``names`` (all when None)."""
+    every = cases()
     if not names:
-        return list(CASES)
-    chosen = [c for c in CASES if c.label in names or c.solver in names]
+        return every
+    chosen = [c for c in every if c.label in names or c.spec.name in names]
     if not chosen:
-        raise SystemExit(f"no case matches {names}; cases: {', '.join(c.label for c in CASES)}")
+        raise SystemExit(f"no case matches {names}; cases: {', '.join(c.label for c in every)}")
     return chosen
 
 
@@ -569,8 +594,6 @@ def main(argv: list[str] | None = None) -> None:
         help="cProfile runs: auto = target cases over 10%% overhead",
     )
     args = parser.parse_args(argv)
-    import solvers
-
     start = time.perf_counter()
     cases = select(args.solvers)
     problems = {c.prior_spec: load_problem(c.prior, **dict(c.prior_options)) for c in cases}
@@ -589,9 +612,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(table(rows))
     print("\n" + LEGEND)
-    missing = sorted(set(solvers.available()) - {c.solver for c in CASES})
-    if missing:
-        print(f"\nno case for registered solver(s): {', '.join(missing)}")
     for row in rows:
         worst = max([*map(row.overhead, CLOCKS), *row.in_run[DENOISER_METHODS].values()])
         over = row.case.target and worst >= TARGET_PERCENT / 100
