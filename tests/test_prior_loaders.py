@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from solvers.priors import PriorInputError, PriorLoadError, available, load, loading, ode
-from solvers.priors.diffusers_models import load_diffusers
+from solvers.priors.diffusers_loaders import load_diffusers
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")

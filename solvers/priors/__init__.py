@@ -1,6 +1,18 @@
-"""Prior (denoiser) adapters behind one EDM-form contract (DESIGN.md, "Prior")."""
+"""Prior (denoiser) adapters behind one EDM-form contract (docs/priors.md).
 
-from solvers.priors.base import Prior, PriorInputError
-from solvers.priors.loading import PriorLoadError, available, load
+``load(spec)`` builds a prior; ``resolve(spec)`` checks a spec without reading weights.
+"""
 
-__all__ = ["Prior", "PriorInputError", "PriorLoadError", "available", "load"]
+from solvers.priors.base import Prior, PriorInputError, PriorLoadError, PriorSpecError
+from solvers.priors.loading import PriorSource, available, load, resolve
+
+__all__ = [
+    "Prior",
+    "PriorInputError",
+    "PriorLoadError",
+    "PriorSource",
+    "PriorSpecError",
+    "available",
+    "load",
+    "resolve",
+]

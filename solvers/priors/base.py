@@ -18,6 +18,15 @@ class PriorInputError(ValueError):
     """Raised for input that does not fit a prior; the message names the fix."""
 
 
+class PriorLoadError(PriorInputError):
+    """A prior spec that cannot be resolved or loaded; the message names the path or the fix."""
+
+
+class PriorSpecError(PriorLoadError):
+    """A prior spec that names nothing loadable (``solvers.priors.resolve``): the message names
+    the spec, the problem and the choices. Raised before any weight is read."""
+
+
 class Prior(nn.Module):
     """Base class: subclasses implement ``_denoise(x, sigma)`` with sigma of shape (B,)."""
 

@@ -397,7 +397,8 @@ class EpsilonHead(nn.Module):
         return self.network(x_t, t.expand(x_t.shape[0]))[:, : self.channels]
 
 
-def _resolve(config: str | GuidedDiffusionConfig) -> tuple[GuidedDiffusionConfig, str]:
+def resolve_config(config: str | GuidedDiffusionConfig) -> tuple[GuidedDiffusionConfig, str]:
+    """The architecture named by ``config`` (a ``PRESETS`` name or a config) and a description."""
     if isinstance(config, GuidedDiffusionConfig):
         return config, repr(config)
     if config not in PRESETS:
@@ -447,7 +448,7 @@ def load_guided_diffusion(
     strictly. Returns ``VPDenoiser(EpsilonHead(unet), alphas_cumprod, (C, H, W), "epsilon")``
     with frozen weights in eval mode; ``dtype`` (default float32) applies to the network only.
     """
-    cfg, assumed = _resolve(config)
+    cfg, assumed = resolve_config(config)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
