@@ -63,10 +63,10 @@ from solvers.priors.base import Prior
 from solvers.registry import register
 from solvers.schedules import SCHEDULE_VARIANTS, annealing_sigmas, poly_sigmas
 
-_REF = "DAPS reference code (zhangbingliang2019/DAPS, main branch), reference/algorithms.md"
+_REF = "DAPS reference code (zhangbingliang2019/DAPS, main branch), docs/solvers/daps.md"
 _PIX = f"DAPS-1K pixel schedule; {_REF}"
-_SWEEP = "DAPS Bayesian sweep range (reference/algorithms.md)"
-_GMM = "dipswarm GMM benchmark (solvers/daps.py PRESETS 'gmm/...')"
+_SWEEP = "DAPS Bayesian sweep range (docs/solvers/daps.md)"
+_GMM = "dipswarm GMM benchmark (GMM_PRESETS below; docs/gmm_benchmark.md)"
 # Per-particle noise of a step is drawn in blocks of at most this many numbers per particle; the
 # block size depends only on the particle shape, so draws never depend on n.
 NOISE_BLOCK_ELEMENTS = 2**18
@@ -77,7 +77,7 @@ POWER_TOLERANCE = 1e-7
 
 @dataclass(frozen=True)
 class DAPSConfig(SolverConfig):
-    """DAPS hyperparameters; defaults: DAPS-1K, pixel ULA (reference/algorithms.md, "DAPS")."""
+    """DAPS hyperparameters; defaults: DAPS-1K, pixel ULA (docs/solvers/daps.md)."""
 
     annealing_steps: int = hyper(200, 1, 5000, source=f"N; {_PIX} (latent DAPS-100: 50)")
     sigma_max: float = hyper(100.0, 1e-2, 1e4, log=True, source=f"{_PIX} (latent: 10)")
@@ -119,7 +119,8 @@ LATENT_SCHEDULE: dict[str, Any] = {
     "ode_end_sigma": 0.001,
     "mcmc": "hmc",
 }
-# reference/algorithms.md, per-task table (configs/task/*.yaml): steps, lr[, lr_min_ratio, m].
+# The reference per-task table (configs/task/*.yaml; docs/solvers/daps.md):
+# steps, lr[, lr_min_ratio, momentum].
 _PIXEL_ULA = {
     "super_resolution": (100, 1e-4),
     "inpaint_box": (100, 5e-5),
