@@ -363,5 +363,28 @@ def _progress(spec: EnsembleSpec, total: int, initial: int) -> Any:
 
 
 def run(spec: EnsembleSpec, resume: bool = False) -> EnsembleResult:
-    """Run an ensemble from its spec (``resume`` continues from the settings' checkpoint_dir)."""
+    """Run an ensemble from its spec (``resume`` continues from the settings' checkpoint_dir).
+
+    Backends, repulsion, pruning, SMC and selection: docs/ensemble.md.
+
+    Example (CPU, under a second): 4 DPS particles on a 2-D Gaussian-mixture prior in this
+    process, the best by measurement loss returned.
+
+        >>> import torch, ensemble, operators, solvers
+        >>> from ensemble import EnsembleSettings, EnsembleSpec, OperatorSpec
+        >>> op = operators.build("matrix", A=torch.tensor([[1.0, 0.0]]), sigma=0.1)
+        >>> y = op.measure(torch.tensor([[8.0, 0.0]]), torch.Generator().manual_seed(0))
+        >>> spec = EnsembleSpec(
+        ...     solver=solvers.SolverSpec("dps", "gmm", {"num_steps": 20}),
+        ...     prior={"name": "gmm", "d": 2},
+        ...     operator=OperatorSpec.of(op),
+        ...     y=y,
+        ...     settings=EnsembleSettings(particles=4, selection="best", progress=False),
+        ... )
+        >>> result = ensemble.run(spec)
+        >>> tuple(result.samples.shape), tuple(result.all_samples.shape), result.status
+        ((1, 2), (4, 2), ['ok', 'ok', 'ok', 'ok'])
+        >>> bool(result.loss[result.selected[0]] == result.loss.min())
+        True
+    """
     return Ensemble(spec).run(resume=resume)
