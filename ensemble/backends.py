@@ -7,11 +7,11 @@ raises ``WorkerLostError``; ``respawn`` replaces dead actors with fresh, unstart
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from ensemble.group import ParticleGroup, worker_key
+from ensemble.ray_runtime import ensure_ray
 from ensemble.spec import EnsembleSpec
 
 # Idle Ray actors by worker key: a later run with the same prior reuses them instead of starting
@@ -56,9 +56,7 @@ class RayBackend:
     def __init__(self, spec: EnsembleSpec) -> None:
         import ray
 
-        if not ray.is_initialized():
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(address=spec.settings.address, include_dashboard=False, log_to_driver=False)
+        ensure_ray(spec.settings.address)
         self.ray = ray
         self.spec = spec
         self.partition = slot_partition(spec.settings.sizes())

@@ -104,7 +104,8 @@ def _run_and_summarise(config: Any, resume: bool, progress: bool) -> None:
 
 def _tune(args: argparse.Namespace) -> None:
     from experiments.config import ConfigError
-    from experiments.tuning import load_tune_config, run_study
+    from experiments.tune_config import load_tune_config
+    from experiments.tuning import run_study
     from search import Fixed
 
     overrides = [*args.overrides, *(["search.resume=true"] if args.resume else [])]

@@ -1,4 +1,4 @@
-"""Image-quality metrics of the evaluation protocol (shared/reference/operators.md).
+"""Image-quality metrics of the evaluation protocol (docs/evaluation.md).
 
 Inputs are batches ``(B, C, H, W)`` in the project's [-1, 1] convention; every metric returns
 one value per batch item, a float64 tensor of shape ``(B,)`` on the input's device. Metrics are
@@ -17,6 +17,7 @@ for evaluation, so they run without autograd.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import warnings
 from pathlib import Path
@@ -27,6 +28,8 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
+    from ensemble import EnsembleResult
+    from experiments.config import MetricsConfig
     from operators.base import Operator
 
 SSIM_WINDOW = 11
@@ -114,6 +117,74 @@ def measurement_loss(operator: Operator, x: torch.Tensor, y: torch.Tensor) -> to
     """Per-item squared residual ``||A(x) - y||^2`` (the Operator's ``loss``), shape ``(B,)``."""
     with torch.no_grad():
         return operator.loss(x, y).to(torch.float64)
+
+
+def image_metrics(
+    samples: torch.Tensor,
+    truth: torch.Tensor,
+    operator: Operator,
+    y: torch.Tensor,
+    lpips_net: str | None = None,
+    random_backbone: bool = False,
+    flip: bool = False,
+) -> dict[str, float]:
+    """Scores of the samples ``(n, C, H, W)`` of one image ``truth`` ``(1, C, H, W)`` measured
+    as ``y`` ``(1, ...)``, each averaged over the samples: ``psnr``, ``ssim``,
+    ``measurement_loss``, ``lpips`` (nan when ``lpips_net`` is None or the image is smaller than
+    the backbone accepts) and, with ``flip``,
+    ``psnr_flip``: the better PSNR of each sample and its 180-degree rotation (phase retrieval
+    cannot tell them apart)."""
+    reference = truth.expand_as(samples)
+    values = {
+        "psnr": psnr(samples, reference),
+        "ssim": ssim(samples, reference),
+        "measurement_loss": measurement_loss(
+            operator, samples, y.expand(len(samples), *y.shape[1:])
+        ),
+    }
+    if flip:
+        rotated = samples.flip(-2, -1)
+        values["psnr_flip"] = torch.maximum(values["psnr"], psnr(rotated, reference))
+    out = {k: float(v.mean()) for k, v in values.items()}
+    out["lpips"] = math.nan
+    if lpips_net is not None and min(truth.shape[-2:]) >= LPIPS_MIN_SIZE[lpips_net]:
+        out["lpips"] = float(lpips(samples, reference, lpips_net, random_backbone).mean())
+    return out
+
+
+def particle_spread(particles: torch.Tensor) -> dict[str, float]:
+    """Spread of an ensemble's particles ``(n, C, H, W)`` in [0, 1] units: ``posterior_std``
+    (per-pixel std, averaged) and ``diversity`` (mean pairwise distance per sqrt(pixels));
+    both 0 for fewer than two particles."""
+    if len(particles) < 2:
+        return {"posterior_std": 0.0, "diversity": 0.0}
+    unit = (particles.float().clamp(-1, 1) + 1) / 2
+    return {
+        "posterior_std": float(unit.std(0).mean()),
+        "diversity": float(torch.pdist(unit.flatten(1)).mean() / math.sqrt(unit[0].numel())),
+    }
+
+
+def ensemble_metrics(
+    settings: MetricsConfig,
+    operator: Operator,
+    truth: torch.Tensor,
+    y: torch.Tensor,
+    result: EnsembleResult,
+) -> dict[str, float | str]:
+    """The row metrics of one image of ``dipswarm run`` and of image studies: ``image_metrics``
+    of the selected samples (LPIPS as ``settings`` asks, ``lpips_backbone`` naming the network
+    that scored it, "" for none) and the spread of the particles that finished."""
+    lpips_net = settings.lpips_net if settings.lpips else None
+    chosen = result.samples.float()
+    random_backbone = settings.lpips_random_backbone
+    out: dict[str, float | str] = dict(
+        image_metrics(chosen, truth, operator, y, lpips_net, random_backbone)
+    )
+    scored = lpips_net is not None and not math.isnan(float(out["lpips"]))
+    out["lpips_backbone"] = lpips_label(settings.lpips_net, random_backbone) if scored else ""
+    alive = [i for i, status in enumerate(result.status) if status == "ok"]
+    return {**out, **particle_spread(result.all_samples[alive])}
 
 
 def _check_pair(x: torch.Tensor, reference: torch.Tensor, metric: str) -> None:
@@ -210,7 +281,7 @@ def sliced_wasserstein(
     The mean over ``n_slices`` random unit directions (normalised Gaussian draws from
     ``generator``, default seeded ``SLICED_WASSERSTEIN_SEED``) of the exact 1-D Wasserstein-1
     distance between the projected empirical measures, the metric of the Gaussian-mixture
-    benchmark (MCGdiff, Cardoso et al., ICLR 2024; shared/reference/gmm_benchmark.md). The 1-D
+    benchmark (MCGdiff, Cardoso et al., ICLR 2024; docs/gmm_benchmark.md). The 1-D
     distance is the integral of |F_a - F_b| over the merged projections, exact for any N and M;
     for N == M it equals the mean absolute difference of the sorted projections. Float64.
     """

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 import traceback
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import torch
 import ensemble
 import operators
 from ensemble import EnsembleSpec, OperatorSpec
+from ensemble.ray_runtime import ensure_ray
 from experiments import metrics
 from experiments.config import (
     ExperimentConfig,
@@ -110,42 +110,6 @@ def ensemble_spec(
         device=config.device,
         settings=config.method_ensemble(method).replace(progress=False),
     )
-
-
-def image_metrics(
-    config: ExperimentConfig,
-    operator: Operator,
-    truth: torch.Tensor,
-    y: torch.Tensor,
-    result: ensemble.EnsembleResult,
-) -> dict[str, Any]:
-    """Scores of the selected samples (averaged over them) and the spread of all particles."""
-    chosen = result.samples.float()
-    reference = truth.expand_as(chosen)
-    out: dict[str, Any] = {
-        "psnr": float(metrics.psnr(chosen, reference).mean()),
-        "ssim": float(metrics.ssim(chosen, reference).mean()),
-        "measurement_loss": float(
-            metrics.measurement_loss(operator, chosen, y.expand(len(chosen), *y.shape[1:])).mean()
-        ),
-        "lpips": math.nan,
-        "lpips_backbone": "",
-    }
-    m = config.metrics
-    if m.lpips and min(truth.shape[-2:]) >= metrics.LPIPS_MIN_SIZE[m.lpips_net]:
-        out["lpips"] = float(
-            metrics.lpips(chosen, reference, m.lpips_net, m.lpips_random_backbone).mean()
-        )
-        out["lpips_backbone"] = metrics.lpips_label(m.lpips_net, m.lpips_random_backbone)
-    alive = [i for i, s in enumerate(result.status) if s == "ok"]
-    unit = (result.all_samples[alive].float().clamp(-1, 1) + 1) / 2
-    out["posterior_std"] = float(unit.std(0).mean()) if len(alive) > 1 else 0.0
-    out["diversity"] = (
-        float(torch.pdist(unit.flatten(1)).mean() / math.sqrt(unit[0].numel()))
-        if len(alive) > 1
-        else 0.0
-    )
-    return out
 
 
 class ResultsFile:
@@ -291,7 +255,7 @@ def _run_image(
     began = time.perf_counter()
     try:
         truth, y, spec, result = sample_image(config, task, method, operator, data, index)
-        row.update(image_metrics(config, operator, truth, y, result))
+        row.update(metrics.ensemble_metrics(config.metrics, operator, truth, y, result))
         row.update(
             {"nfe": result.nfe, "particles": spec.settings.particles, "status": "ok", "error": ""}
         )
@@ -380,17 +344,8 @@ def _start_ray_if_needed(config: ExperimentConfig) -> None:
         for m in config.methods
         if config.method_ensemble(m).backend == "ray"
     }
-    if not addresses:
-        return
-    import os
-
-    import ray
-
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(
-            address=sorted(addresses, key=str)[0], include_dashboard=False, log_to_driver=False
-        )
+    if addresses:
+        ensure_ray(sorted(addresses, key=str)[0])
 
 
 def _progress_bar(enabled: bool, total: int) -> Any:

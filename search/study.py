@@ -134,8 +134,6 @@ def tune(
     """
     from ray import tune as ray_tune
 
-    from ensemble.ray_runtime import ensure_ray
-
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     space = check_space(space)
     settings = _settings(metric, mode, num_samples, sampler, seed, asha, max_concurrent, name)
@@ -160,7 +158,6 @@ def tune(
         meta = _new_meta(settings, storage_dir, experiment, space, mlflow_uri, mlflow_experiment)
         searcher = _searcher(space, settings, meta, points, sampler)
         tuner = _new_tuner(trainable, searcher, settings, meta, reuse_actors, verbose)
-    ensure_ray()
     grid = tuner.fit()
     result = _collect(grid, meta, settings)
     if meta["mlflow_parent_run_id"]:

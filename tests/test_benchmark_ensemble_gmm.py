@@ -16,7 +16,8 @@ from experiments.benchmarks.ensemble_gmm import (
     run_ensembles,
     score_variant,
 )
-from solvers.priors.gmm import GaussianMixturePosterior, mcgdiff_problem
+from experiments.gmm_protocol import ExactInstance
+from solvers.priors.gmm import GaussianMixturePosterior
 
 F64 = torch.float64
 
@@ -53,13 +54,13 @@ def test_assignment_uses_the_posterior_metric() -> None:
 
 
 def test_a_tiny_variant_run_gives_a_finite_sliced_wasserstein() -> None:
-    problem = mcgdiff_problem(8, 1, 0)
+    exact = ExactInstance.mcgdiff(8, 1, 0)
     variant = Variant("repulsion", Repulsion(weight=0.1))
-    results = run_ensembles(problem, variant, particles=4, seeds=[0, 1], steps=5)
+    results = run_ensembles(exact.problem, variant, particles=4, seeds=[0, 1], steps=5)
     ensembles = [r.all_samples for r in results]
     assert [tuple(e.shape) for e in ensembles] == [(4, 8), (4, 8)]
-    reference = problem.posterior.sample(8, 0)
-    score = score_variant(ensembles, problem.posterior, reference)
+    reference = exact.reference(8)
+    score = score_variant(ensembles, exact, reference)
     assert math.isfinite(score["sw"]) and score["sw"] > 0
     assert 0 < score["coverage"] <= 1 and 0 <= score["tv"] <= 1
 

@@ -67,7 +67,7 @@ def test_bicubic_baseline_and_its_metrics_match_direct_computation(digit: torch.
     row = record.rows[0]
     assert row["psnr"] == pytest.approx(float(metrics.psnr(direct, digit)), abs=1e-9)
     assert row["ssim"] == pytest.approx(float(metrics.ssim(direct, digit)), abs=1e-9)
-    assert row["loss"] == pytest.approx(float(operator.loss(direct, y)), rel=1e-6)
+    assert row["measurement_loss"] == pytest.approx(float(operator.loss(direct, y)), rel=1e-6)
     assert 15.0 < row["psnr"] < 40.0 and row["nfe"] == 0.0
 
 
@@ -115,13 +115,13 @@ def test_flip_invariant_psnr_and_particle_means(digit: torch.Tensor) -> None:
     rotated = digit.flip(-2, -1)
     # The 180-degree rotation has the same Fourier magnitude, so only the extra column forgives it.
     assert torch.allclose(operator(rotated), operator(digit), atol=1e-5)
-    row = image_tasks.image_metrics(rotated, digit, operator, y, flip=True)
+    row = metrics.image_metrics(rotated, digit, operator, y, flip=True)
     assert row["psnr_flip"] == float("inf") and row["psnr"] < 30
     pair = torch.cat([digit + 0.1, torch.zeros_like(digit)])  # two particles of one image
-    row = image_tasks.image_metrics(pair, digit, operator, y, flip=False)
+    row = metrics.image_metrics(pair, digit, operator, y, flip=False)
     each = metrics.psnr(pair, digit.expand_as(pair))
     assert row["psnr"] == pytest.approx(float(each.mean()), abs=1e-9)
-    assert row["loss"] == pytest.approx(float(operator.loss(pair, y).mean()), rel=1e-6)
+    assert row["measurement_loss"] == pytest.approx(float(operator.loss(pair, y).mean()), rel=1e-6)
     assert "psnr_flip" not in row
 
 
@@ -141,7 +141,7 @@ def test_tiny_daps_run_fits_the_data_better_than_the_baseline(digit: torch.Tenso
     assert all(torch.isfinite(torch.tensor(v)) for v in row.values())
     # Even 3 annealing steps must fit the observed pixels far better than the zero image.
     zero_loss = float(operator.loss(torch.zeros_like(digit), y))
-    assert row["loss"] < 0.1 * zero_loss
+    assert row["measurement_loss"] < 0.1 * zero_loss
     assert row["psnr"] > float(metrics.psnr(torch.zeros_like(digit), digit))
 
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from experiments.config import ConfigError, dump_config, load_config
-from experiments.tuning import load_tune_config
+from experiments.tune_config import load_tune_config
 
 BASE = {
     "name": "unit",

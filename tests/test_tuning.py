@@ -18,15 +18,10 @@ import yaml
 import search
 import solvers
 from experiments import cli, report
+from experiments.best_preset import best_document
 from experiments.config import ConfigError, load_config
-from experiments.tuning import (
-    GMMConfig,
-    GMMObjective,
-    best_document,
-    load_tune_config,
-    score_gmm,
-    tune_config_from_dict,
-)
+from experiments.objectives import GMMObjective, score_gmm
+from experiments.tune_config import GMMConfig, load_tune_config, tune_config_from_dict
 
 CONFIGS = Path(cli.__file__).resolve().parent / "configs"
 SHIPPED = CONFIGS / "tune_daps_digits.yaml"

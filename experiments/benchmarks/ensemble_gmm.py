@@ -2,22 +2,22 @@
 
 Run: ``python -m experiments.benchmarks.ensemble_gmm`` (``--help`` for options).
 
-1. GMM benchmark (shared/reference/gmm_benchmark.md) with d_y = 1, on the first ``--instances``
-   instances whose exact posterior has at least two components of weight >= 5% (strongly
-   multimodal). DAPS with its tuned preset ``gmm/pixel_hmc`` (annealing steps cut to
-   ``--steps`` for a CPU run) runs ``--ensembles`` ensembles per instance and variant; each
-   ensemble interacts only within itself. Variants: independent chains, which is what the
-   default ``Repulsion()`` (weight 0) and ``SMC()`` (disabled) give; RBF repulsion on the
-   particles' clean estimates (``features="pixels"``: for the GMM the vector itself) at several
-   weights and noise windows; SMC resampling. Every variant runs the same particles, steps and
-   seeds (equal NFE, common random numbers). Metrics: sliced Wasserstein-1 (SW) of the pooled
-   particles to as many exact posterior draws; per ensemble, the mode coverage (posterior mass
-   of the components that received at least one particle), the components of weight > 1% hit,
-   and the total variation (TV) between the particles' shares per component and the posterior
-   weights. A particle belongs to the nearest posterior component mean in the Mahalanobis
-   metric of the components' shared covariance. Two tables: ``--particles`` (100) per ensemble,
-   and ``--small-particles`` (8), where coverage is not saturated. The row "exact posterior
-   draws" is what a perfect sampler scores on the same protocol.
+1. GMM benchmark (docs/gmm_benchmark.md, scored by experiments/gmm_protocol.py) with d_y = 1, on
+   the first ``--instances`` instances whose exact posterior has at least two components of
+   weight >= 5% (strongly multimodal). DAPS with its tuned preset ``gmm/pixel_hmc`` (annealing
+   steps cut to ``--steps`` for a CPU run) runs ``--ensembles`` ensembles per instance and
+   variant; each ensemble interacts only within itself. Variants: independent chains, which is
+   what the default ``Repulsion()`` (weight 0) and ``SMC()`` (disabled) give; RBF repulsion on
+   the particles' clean estimates (``features="pixels"``: for the GMM the vector itself) at
+   several weights and noise windows; SMC resampling. Every variant runs the same particles,
+   steps and seeds (equal NFE, common random numbers). Metrics: sliced Wasserstein-1 (SW) of the
+   pooled particles to as many exact posterior draws; per ensemble, the mode coverage (posterior
+   mass of the components that received at least one particle), the components of weight > 1%
+   hit, and the total variation (TV) between the particles' shares per component and the
+   posterior weights. A particle belongs to the nearest posterior component mean in the
+   Mahalanobis metric of the components' shared covariance. Two tables: ``--particles`` (100)
+   per ensemble, and ``--small-particles`` (8), where coverage is not saturated. The row "exact
+   posterior draws" is what a perfect sampler scores on the same protocol.
 2. Phase retrieval (``--images`` digits of the test split, shipped pixel prior "digits",
    sigma_y 0.05, oversampling 2): one ensemble of 4 independent DAPS chains per image. Share of
    images where a single chain and where the best-by-measurement-loss particle of the 4 land on
@@ -30,7 +30,6 @@ Target (issue): the default interaction settings must not be worse than independ
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -40,7 +39,8 @@ import torch
 
 import ensemble
 from ensemble import SMC, EnsembleResult, EnsembleSettings, EnsembleSpec, OperatorSpec, Repulsion
-from experiments.metrics import sliced_wasserstein
+from experiments.gmm_protocol import ExactInstance
+from experiments.mean_std import format_mean_std, sample_mean_std
 from solvers import SolverSpec
 from solvers.priors.gmm import GaussianMixturePosterior, GMMProblem, mcgdiff_problem
 
@@ -162,14 +162,12 @@ def run_ensembles(
 
 
 def score_variant(
-    ensembles: Sequence[torch.Tensor],
-    posterior: GaussianMixturePosterior,
-    reference: torch.Tensor,
+    ensembles: Sequence[torch.Tensor], exact: ExactInstance, reference: torch.Tensor
 ) -> dict[str, float]:
     """SW of the pooled particles to ``reference``; coverage figures averaged over ensembles."""
-    figures = [mode_coverage(e, posterior) for e in ensembles]
+    figures = [mode_coverage(e, exact.posterior) for e in ensembles]
     out = {key: statistics.fmean(f[key] for f in figures) for key in figures[0]}
-    out["sw"] = sliced_wasserstein(torch.cat(list(ensembles)), reference)
+    out["sw"] = exact.sw(torch.cat(list(ensembles)), reference)
     return out
 
 
@@ -180,19 +178,18 @@ def gmm_benchmark(
     rows: dict[str, list[dict[str, float]]] = {EXACT: [], **{v.label: [] for v in variants}}
     total = particles * ensembles
     for instance in multimodal_instances(args.d, args.instances):
-        problem = mcgdiff_problem(args.d, 1, instance)
-        posterior = problem.posterior
-        top = posterior.weights.sort(descending=True).values[:5].tolist()
+        exact = ExactInstance.mcgdiff(args.d, 1, instance, seed=args.seed)
+        problem = exact.problem
+        top = exact.posterior.weights.sort(descending=True).values[:5].tolist()
         print(f"instance {instance}: largest posterior weights {[round(w, 3) for w in top]}")
-        reference = posterior.sample(total, args.seed * 1_000_003 + 2 * instance)
-        exact = posterior.sample(total, args.seed * 1_000_003 + 2 * instance + 1)
-        score = score_variant(exact.split(particles), posterior, reference)
+        reference = exact.reference(total)
+        score = score_variant(exact.exact(total).split(particles), exact, reference)
         rows[EXACT].append({**score, "moves": 0.0, "seconds": 0.0})
         seeds = [args.seed * 1_000_003 + instance * 1000 + r for r in range(ensembles)]
         for variant in variants:
             began = time.perf_counter()
             results = run_ensembles(problem, variant, particles, seeds, args.steps)
-            score = score_variant([r.all_samples for r in results], posterior, reference)
+            score = score_variant([r.all_samples for r in results], exact, reference)
             score["moves"] = statistics.fmean(sum(r.traces["moves"]) for r in results)
             score["seconds"] = time.perf_counter() - began
             rows[variant.label].append(score)
@@ -209,7 +206,7 @@ def gmm_table(rows: dict[str, list[dict[str, float]]]) -> str:
     (wins: instances where the variant's SW is lower)."""
     baseline = rows[INDEPENDENT]
     lines = [
-        "| variant | SW (mean +- sd) | SW - independent (wins) | coverage | modes hit (w > 1%) "
+        "| variant | SW (mean ± std) | SW - independent (wins) | coverage | modes hit (w > 1%) "
         "| TV of mode shares | resampled slots / run | s / instance |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -220,7 +217,7 @@ def gmm_table(rows: dict[str, list[dict[str, float]]]) -> str:
         hit = statistics.fmean(s["hit"] for s in scores)
         modes = statistics.fmean(s["modes"] for s in scores)
         lines.append(
-            f"| {label} | {statistics.fmean(sw):.3f} +- {_sd(sw):.3f} | "
+            f"| {label} | {format_mean_std(*sample_mean_std(sw))} | "
             f"{'-' if label in (EXACT, INDEPENDENT) else versus} | "
             f"{_mean(scores, 'coverage'):.3f} | {hit:.2f} / {modes:.2f} | "
             f"{_mean(scores, 'tv'):.3f} | {_mean(scores, 'moves'):.0f} | "
@@ -231,10 +228,6 @@ def gmm_table(rows: dict[str, list[dict[str, float]]]) -> str:
 
 def _mean(scores: Sequence[dict[str, float]], key: str) -> float:
     return statistics.fmean(s[key] for s in scores)
-
-
-def _sd(values: Sequence[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 # -- phase retrieval ---------------------------------------------------------------------------
@@ -306,14 +299,15 @@ def phase_retrieval_benchmark(args: argparse.Namespace) -> dict[str, list[dict[s
 def phase_retrieval_table(rows: dict[str, list[dict[str, float]]]) -> str:
     """Markdown table: share of images on the right orientation, PSNR, loss and NFE."""
     lines = [
-        "| method | right orientation | PSNR dB (mean +- sd) | measurement loss | NFE / image |",
+        "| method | right orientation | PSNR dB (mean ± std) | measurement loss | NFE / image |",
         "|---|---:|---:|---:|---:|",
     ]
     for label, scores in rows.items():
         quality = [s["psnr"] for s in scores]
         lines.append(
-            f"| {label} | {_mean(scores, 'right'):.2f} | {statistics.fmean(quality):.2f} +- "
-            f"{_sd(quality):.2f} | {_mean(scores, 'loss'):.2f} | {_mean(scores, 'nfe'):.0f} |"
+            f"| {label} | {_mean(scores, 'right'):.2f} | "
+            f"{format_mean_std(*sample_mean_std(quality), 2)} | {_mean(scores, 'loss'):.2f} | "
+            f"{_mean(scores, 'nfe'):.0f} |"
         )
     return "\n".join(lines)
 

@@ -25,6 +25,7 @@ import ensemble
 import operators
 from ensemble import EnsembleSettings, EnsembleSpec, OperatorSpec, Repulsion
 from ensemble.payload import nbytes
+from ensemble.ray_runtime import ensure_ray
 from solvers import SolverSpec
 
 FFHQ_SHAPE = (3, 256, 256)
@@ -146,9 +147,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ensure_ray(num_cpus=2)
     print(
         f"## Ensemble scaling: DAPS pixel HMC on '{args.prior}', inpaint_random 32x32, "
         f"N = {args.particles}, {args.steps} annealing x {args.mcmc} MCMC steps, pixel-feature "

@@ -1,15 +1,15 @@
 """Exact-posterior benchmark: every solver's tuned ``gmm`` preset on the MCGdiff Gaussian mixture.
 
 Run: ``python -m experiments.benchmarks.gmm`` (or ``dipswarm bench gmm``). Protocol of
-shared/reference/gmm_benchmark.md (MCGdiff, Cardoso et al., ICLR 2024): for d in {8, 80},
-d_y in {1, 2, 4} and 20 instances per cell, 2,000 solver samples against 2,000 exact posterior
-samples, sliced Wasserstein-1 over 100 random directions. The perfect-sampler floor (two
-independent exact sample sets of the same size, same directions) is measured in the same run,
-so each solver is judged by SW / floor. Latent solvers run on the ``LinearDecoderPrior``
-variant of each instance (same A, sigma_y and prior draw, seen through an invertible affine
-decoder); all SW values are in image space (latent samples are decoded, the latent posterior is
-pushed forward). Every random draw comes from a generator seeded from ``--seed`` and the
-instance index, so a run is reproducible whatever ``--workers`` is.
+docs/gmm_benchmark.md, scored by experiments/gmm_protocol.py (MCGdiff, Cardoso et al., ICLR
+2024): for d in {8, 80}, d_y in {1, 2, 4} and 20 instances per cell, 2,000 solver samples
+against 2,000 exact posterior samples, sliced Wasserstein-1 over 100 random directions. The
+perfect-sampler floor (two independent exact sample sets of the same size, same directions) is
+measured in the same run, so each solver is judged by SW / floor. Latent solvers run on the
+``LinearDecoderPrior`` variant of each instance (same A, sigma_y and prior draw, seen through an
+invertible affine decoder); all SW values are in image space (latent samples are decoded, the
+latent posterior is pushed forward). Every random draw comes from a generator seeded from
+``--seed`` and the instance index, so a run is reproducible whatever ``--workers`` is.
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
 
-import numpy as np
 import torch
 
 import solvers
-from experiments.metrics import sliced_wasserstein
-from solvers.priors.gmm import GaussianMixturePosterior, GMMProblem, mcgdiff_problem
+from experiments.gmm_protocol import ExactInstance
+from experiments.mean_std import format_mean_std, sample_mean_std
 
 SCHEDULE_NOTE = (
     "Schedules: the usual increasing ones, not MCGdiff's decreasing betas = "
@@ -46,8 +45,6 @@ GMM_TASK = "matrix"  # the operator of the MCGdiff instances: presets for it are
 # Problem instance i of a run seeded s is MCGdiff instance INSTANCE_STRIDE * s + i (so --seed 0
 # gives instances 0, 1, ..., the numbering the solver tests use).
 INSTANCE_STRIDE = 1000
-# Independent random streams of one instance (mixed with --seed and the index by SeedSequence).
-STREAM_REFERENCE, STREAM_FLOOR, STREAM_SLICES, STREAM_PRIOR, STREAM_SOLVER = range(5)
 
 
 @dataclass(frozen=True)
@@ -112,36 +109,11 @@ def select_entries(specs: Iterable[str] | None) -> list[Entry]:
 
 
 # -- one instance ------------------------------------------------------------------------------
-def stream_seed(seed: int, index: int, stream: int) -> int:
-    """A 63-bit seed for random stream ``stream`` of instance ``index`` in a run seeded ``seed``."""
-    state = np.random.SeedSequence([seed, index, stream]).generate_state(1, np.uint64)
-    return int(state[0]) >> 1
-
-
-def _generator(seed: int, index: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(stream_seed(seed, index, stream))
-
-
-def problem(d: int, d_y: int, seed: int, index: int, latent: bool) -> GMMProblem:
-    """The MCGdiff instance of (d, d_y) for instance ``index`` (float64 GMMProblem)."""
-    return mcgdiff_problem(d, d_y, INSTANCE_STRIDE * seed + index, latent=latent)
-
-
-def image_posterior(p: GMMProblem) -> GaussianMixturePosterior:
-    """The exact posterior over images (pushed through the decoder for the latent bed)."""
-    if p.prior.is_latent:
-        return p.posterior.pushforward(p.prior.decoder, p.prior.bias)
-    return p.posterior
-
-
-def sliced(a: torch.Tensor, b: torch.Tensor, slices: int, seed: int, index: int) -> float:
-    """SW between a and b over the instance's directions (the same for every row)."""
-    return sliced_wasserstein(a, b, slices, _generator(seed, index, STREAM_SLICES))
-
-
-def reference(p: GMMProblem, n: int, seed: int, index: int) -> torch.Tensor:
-    """The n exact posterior samples every row of the instance is compared with."""
-    return image_posterior(p).sample(n, _generator(seed, index, STREAM_REFERENCE))
+def instance(d: int, d_y: int, seed: int, index: int, latent: bool, slices: int) -> ExactInstance:
+    """Instance ``index`` of (d, d_y) in a run seeded ``seed`` (MCGdiff instance
+    ``INSTANCE_STRIDE * seed + index``; random streams keyed by ``seed`` and ``index``)."""
+    number = INSTANCE_STRIDE * seed + index
+    return ExactInstance.mcgdiff(d, d_y, number, latent=latent, seed=seed, key=index, slices=slices)
 
 
 def _row(solver: str, preset: str, bed: str, d: int, d_y: int, index: int, **values: Any) -> dict:
@@ -164,18 +136,14 @@ def reference_rows(d: int, d_y: int, index: int, n: int, slices: int, seed: int)
     """
     rows = []
     for latent in (False, True):
-        p = problem(d, d_y, seed, index, latent)
+        exact = instance(d, d_y, seed, index, latent, slices)
         bed = "latent" if latent else "pixel"
-        exact = reference(p, n, seed, index)
-        other = image_posterior(p).sample(n, _generator(seed, index, STREAM_FLOOR))
-        rows.append(
-            _row("floor", "", bed, d, d_y, index, sw=sliced(other, exact, slices, seed, index))
-        )
+        reference = exact.reference(n)
+        rows.append(_row("floor", "", bed, d, d_y, index, sw=exact.floor(n, reference)))
         start = time.perf_counter()
-        draws = p.prior.sample(n, _generator(seed, index, STREAM_PRIOR))
-        draws = p.prior.decode(draws) if latent else draws
+        draws = exact.prior_draws(n)
         seconds = time.perf_counter() - start
-        sw = sliced(draws, exact, slices, seed, index)
+        sw = exact.sw(draws, reference)
         rows.append(_row(PRIOR_LABEL, "", bed, d, d_y, index, sw=sw, nfe=0, seconds=seconds))
     return rows
 
@@ -186,16 +154,15 @@ def solver_row(entry: Entry, d: int, d_y: int, index: int, n: int, slices: int, 
     SW uses the particles that finished ("ok"); stopped ones are counted, not compared.
     """
     torch.set_num_threads(1)
-    p = problem(d, d_y, seed, index, entry.latent)
+    exact = instance(d, d_y, seed, index, entry.latent, slices)
+    p = exact.problem
     solver = entry.spec.build()
-    result = solver.sample(
-        p.prior, p.operator, p.y, n=n, seed=stream_seed(seed, index, STREAM_SOLVER)
-    )
+    result = solver.sample(p.prior, p.operator, p.y, n=n, seed=exact.solver_seed)
     ok = torch.tensor([s == "ok" for s in result.status]) & torch.isfinite(
         result.samples.flatten(1)
     ).all(1)
-    exact = reference(p, n, seed, index)
-    sw = sliced(result.samples[ok], exact, slices, seed, index) if bool(ok.any()) else math.nan
+    reference = exact.reference(n)
+    sw = exact.sw(result.samples[ok], reference) if bool(ok.any()) else math.nan
     return _row(
         entry.spec.name,
         entry.spec.preset,
@@ -298,14 +265,12 @@ def _mean(values: Iterable[float]) -> float:
 
 
 def _mean_std(values: list[float]) -> str:
+    """Mean ± std over instances (std 0 for one instance), and the instances left out."""
     finite = _finite(values)
-    if not finite:
-        return "nan"
-    std = statistics.stdev(finite) if len(finite) > 1 else 0.0
-    failed = (
-        f" ({len(values) - len(finite)} inst. all stopped)" if len(finite) < len(values) else ""
-    )
-    return f"{statistics.fmean(finite):.3f} ± {std:.3f}{failed}"
+    mean, std = sample_mean_std(finite)
+    stopped = len(values) - len(finite)
+    failed = f" ({stopped} inst. all stopped)" if stopped else ""
+    return format_mean_std(mean, 0.0 if len(finite) == 1 else std) + failed
 
 
 def cells(rows: list[dict]) -> dict[tuple[str, str, int, int], list[dict]]:
@@ -349,7 +314,7 @@ def report(rows: list[dict], entries: list[Entry], protocol: Protocol, workers: 
     """The printed report: protocol, schedules, table, summary lines and preset settings."""
     p = protocol
     header = (
-        f"MCGdiff Gaussian-mixture benchmark, exact posterior (gmm_benchmark.md): d in "
+        f"MCGdiff Gaussian-mixture benchmark, exact posterior (docs/gmm_benchmark.md): d in "
         f"{list(p.dims)}, d_y in {list(p.dys)}, {p.instances} instance(s) per cell (MCGdiff "
         f"instances {INSTANCE_STRIDE * p.seed}..{INSTANCE_STRIDE * p.seed + p.instances - 1}), "
         f"{p.samples} solver samples vs {p.samples} exact posterior samples, sliced "

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from experiments import metrics
 from experiments.image_presets import (
     NONLINEAR_BLUR_NOTE,
     SETTINGS,
@@ -34,6 +35,7 @@ from experiments.image_presets import (
     SolverSetting,
     build_operator,
 )
+from experiments.mean_std import format_mean_std
 from operators import Operator
 
 LPIPS_NET = "vgg"  # DAPS's backbone; its random version (no download offline)
@@ -105,27 +107,6 @@ def _tikhonov(operator: Operator, y: torch.Tensor) -> torch.Tensor:
     return operator.pseudo_inverse(y, damping=TIKHONOV_DAMPING).clamp(-1, 1)
 
 
-# -- metrics --------------------------------------------------------------------------------------
-def image_metrics(
-    estimate: torch.Tensor, x: torch.Tensor, operator: Operator, y: torch.Tensor, flip: bool
-) -> dict[str, float]:
-    """Metrics of the particles ``estimate`` (n, C, H, W) of one image ``x`` (1, C, H, W), each
-    averaged over the particles; ``flip`` adds the flip-invariant PSNR."""
-    from experiments import metrics
-
-    reference = x.expand_as(estimate)
-    values = {
-        "psnr": metrics.psnr(estimate, reference),
-        "ssim": metrics.ssim(estimate, reference),
-        "lpips": metrics.lpips(estimate, reference, net=LPIPS_NET, random_backbone=True),
-        "loss": metrics.measurement_loss(operator, estimate, y),
-    }
-    if flip:
-        rotated = estimate.flip(-2, -1)
-        values["psnr_flip"] = torch.maximum(values["psnr"], metrics.psnr(rotated, reference))
-    return {k: float(v.mean()) for k, v in values.items()}
-
-
 # -- runs -----------------------------------------------------------------------------------------
 @dataclass
 class Record:
@@ -163,7 +144,9 @@ def run_baselines(
         estimates = naive_baselines(task, operator, y)
         seconds = (time.perf_counter() - start) / len(estimates)
         for name, estimate in estimates.items():
-            row = image_metrics(estimate, images[i : i + 1], operator, y, task == "phase_retrieval")
+            row = metrics.image_metrics(
+                estimate, images[i : i + 1], operator, y, LPIPS_NET, True, task == "phase_retrieval"
+            )
             row.update(nfe=0.0, seconds=seconds)
             records.setdefault(name, Record(task, name, "none")).rows.append(row)
     return list(records.values())
@@ -192,7 +175,9 @@ def run_solver(
         bad = ~torch.isfinite(samples.flatten(1)).all(1)
         record.stopped += sum(s != "ok" for s in result.status)
         samples = torch.where(bad.view(-1, 1, 1, 1), torch.zeros_like(samples), samples)
-        row = image_metrics(samples, images[i : i + 1], operator, y, task == "phase_retrieval")
+        row = metrics.image_metrics(
+            samples, images[i : i + 1], operator, y, LPIPS_NET, True, task == "phase_retrieval"
+        )
         row.update(nfe=float(result.nfe), seconds=result.seconds)
         record.rows.append(row)
     return record
@@ -225,8 +210,7 @@ def selected_settings(tasks: Sequence[str], names: Sequence[str] | None) -> list
 
 # -- printing -------------------------------------------------------------------------------------
 def _fmt(record: Record, key: str, digits: int) -> str:
-    mean, std = record.mean_std(key)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return format_mean_std(*record.mean_std(key), digits)
 
 
 def print_settings(settings: Sequence[SolverSetting], tasks: Sequence[str]) -> None:
@@ -267,7 +251,7 @@ def print_task_table(task: str, records: Sequence[Record], best_naive: float) ->
         cells = [r.method, r.prior, _fmt(r, "psnr", 2)]
         if flip:
             cells.append(_fmt(r, "psnr_flip", 2))
-        cells += [_fmt(r, "ssim", 3), _fmt(r, "lpips", 3), _fmt(r, "loss", 2)]
+        cells += [_fmt(r, "ssim", 3), _fmt(r, "lpips", 3), _fmt(r, "measurement_loss", 2)]
         cells += [f"{r.mean_std('nfe')[0]:.0f}", f"{r.mean_std('seconds')[0]:.2f}"]
         naive = r.prior == "none"
         cells.append("-" if naive else ("yes" if r.mean_std("psnr")[0] > best_naive else "NO"))
@@ -304,7 +288,7 @@ def print_summary(records: Sequence[Record], tasks: Sequence[str]) -> None:
 
 def write_csv(path: str, records: Sequence[Record]) -> None:
     """One line per (task, method, image) with every metric."""
-    keys = ["psnr", "psnr_flip", "ssim", "lpips", "loss", "nfe", "seconds"]
+    keys = ["psnr", "psnr_flip", "ssim", "lpips", "measurement_loss", "nfe", "seconds"]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["task", "method", "prior", "image", *keys])

@@ -36,14 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.tuning import (
-    StudyOutcome,
-    TuneConfig,
-    load_tune_config,
-    run_study,
-    score_gmm,
-    score_images,
-)
+from experiments.mean_std import format_mean_std, sample_mean_std
+from experiments.objectives import score_gmm, score_images
+from experiments.tune_config import TuneConfig, load_tune_config, method_values
+from experiments.tuning import StudyOutcome, run_study
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GMM_CONFIG = CONFIGS / "tune_gmm.yaml"
@@ -56,9 +52,7 @@ NOISE_SEEDS = 3
 
 def _mean_std(values: Sequence[float], digits: int = 3) -> str:
     """Mean ± sample std of ``values`` as text."""
-    if len(values) < 2:
-        return f"{values[0]:.{digits}f}" if values else "n/a"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    return format_mean_std(*sample_mean_std(values), digits)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -153,9 +147,7 @@ def _daps_defaults() -> dict[str, Any]:
 
 def _method_values(config: TuneConfig, params: dict[str, Any]) -> dict[str, Any]:
     """The method's full settings with ``params`` applied."""
-    from experiments.tuning import method_values
-
-    method = dataclasses.replace(config.method, overrides={**config.method.overrides, **params})
+    method = dataclasses.replace(config.method, spec=config.method.spec.with_overrides(params))
     return method_values(method)
 
 
@@ -372,7 +364,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"unknown part(s) {', '.join(unknown)}; parts: {', '.join(PARTS)}")
     if args.out is None:
         args.out = str(Path("dipswarm-bench-search", time.strftime("%Y%m%d-%H%M%S")).resolve())
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     print(f"## Search benchmark ({', '.join(parts)}); studies in {args.out}\n", flush=True)
     began = time.perf_counter()
     reference = gmm_config(args, "reference") if {"gmm", "asha"} & set(parts) else None
