@@ -357,6 +357,8 @@ def validate(config: ExperimentConfig) -> None:
                 f"{', '.join(operators.available())}"
             )
         _at_least(f"tasks.{i}.sigma", task.sigma, 0.0)
+    if not _names_a_path(config.prior):
+        _check_prior(config.prior)
     for task in config.tasks:
         try:
             operators.check_params(task.operator, task.params, filled=("shape", "sigma"))
@@ -408,7 +410,8 @@ def _unique(where: str, names: list[str]) -> None:
 
 
 def check_paths(config: ExperimentConfig) -> None:
-    """Before a run: folders and files the config names exist (``$VARS`` expanded)."""
+    """Before a run, on the machine that runs it: folders and files the config names exist
+    (``$VARS`` expanded), the prior spec resolves, and a CUDA device exists if asked for."""
     if config.data.dataset == "folder":
         folder = expand(config.data.folder)
         if not Path(folder).is_dir():
@@ -424,6 +427,35 @@ def check_paths(config: ExperimentConfig) -> None:
             f"prior {config.prior!r} names {path}, which does not exist; set the path (or the "
             "environment variables it uses) to your model"
         )
+    _check_prior(prior)
+    if config.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device = {config.device!r}, but this machine has no CUDA device; use "
+                "device=cpu or run on a GPU machine"
+            )
+
+
+def _check_prior(prior: Any) -> None:
+    """The prior spec names something loadable (no weights are read)."""
+    from solvers.priors import resolve
+    from solvers.priors.base import PriorSpecError
+
+    try:
+        resolve(prior)
+    except PriorSpecError as err:
+        raise ConfigError(f"prior: {err}") from err
+
+
+def _names_a_path(prior: Any) -> bool:
+    """Whether a prior spec points into the file system (checked by ``check_paths``, where
+    environment variables are expanded) rather than naming a shipped prior or a hub model."""
+    target = prior.get("path", prior.get("name")) if isinstance(prior, Mapping) else prior
+    return (isinstance(prior, Mapping) and "path" in prior) or (
+        isinstance(target, str) and (any(c in target for c in "/\\$~") or target.startswith("."))
+    )
 
 
 def expand(value: Any) -> Any:

@@ -127,3 +127,22 @@ def test_paths_with_environment_variables_are_checked_before_a_run(monkeypatch, 
     monkeypatch.setenv("DIPSWARM_MODELS", str(tmp_path / "models"))
     with pytest.raises(ConfigError, match=rf"names {tmp_path}/models/ffhq_10m.pt, which does not"):
         check_paths(config)
+
+
+def test_cuda_without_a_cuda_device_is_refused_before_a_run(monkeypatch) -> None:
+    import torch
+
+    from experiments.config import check_paths
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = load_config(None, ["device=cuda"], base=BASE)
+    with pytest.raises(ConfigError, match=r"device = 'cuda', but this machine has no CUDA"):
+        check_paths(config)
+
+
+def test_a_prior_folder_without_weights_is_refused_before_a_run(tmp_path: Path) -> None:
+    from experiments.config import check_paths
+
+    config = load_config(None, [f"prior={tmp_path}"], base=BASE)
+    with pytest.raises(ConfigError, match=rf"^prior: .*{tmp_path}"):
+        check_paths(config)
