@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from solvers import schedules
+
 
 @dataclass(frozen=True)
 class DiffusionTraining:
@@ -98,10 +100,9 @@ def train_diffusion(
     Returns the EMA copy of the network, the alphas_cumprod table and the training log.
     """
     generator = torch.Generator().manual_seed(config.seed)
-    betas = torch.linspace(
-        config.beta_start, config.beta_end, config.num_train_timesteps, dtype=torch.float64
+    alphas_cumprod = schedules.alphas_cumprod(
+        config.num_train_timesteps, config.beta_start, config.beta_end
     )
-    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
     ema = copy.deepcopy(unet).requires_grad_(False)
     optimiser = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, weight_decay=0.0)
     log = TrainingLog()

@@ -51,17 +51,25 @@ import torch
 
 from operators import Operator
 from solvers.base import Rows, Solver, SolverInputError, State, Update, particle_randn
-from solvers.config import SolverConfig, SolverConfigError, choice, hyper
+from solvers.config import SolverConfigError, choice, hyper
 from solvers.preset import Preset
 from solvers.registry import register
+from solvers.schedules import (
+    BETA_SCHEDULES,
+    DDPMScheduleConfig,
+    alphas_cumprod,
+    beta_end_field,
+    beta_start_field,
+    respace,
+    vp_sigmas,
+)
 
-BETA_SCHEDULES = ("linear", "scaled_linear")
 STEP_RULES = ("constant", "alpha_bar")
 
 
 @dataclass(frozen=True)
-class DPSConfig(SolverConfig):
-    """Hyperparameters of DPS (pixel priors)."""
+class DPSConfig(DDPMScheduleConfig):
+    """Hyperparameters of DPS (pixel priors); the DDPM table's from ``DDPMScheduleConfig``."""
 
     num_steps: int = hyper(
         1000, 1, 10000, log=True, source="DPS paper and code: 1000 DDPM ancestral steps"
@@ -82,17 +90,9 @@ class DPSConfig(SolverConfig):
     beta_schedule: str = choice(
         "linear", BETA_SCHEDULES, source="DDPM linear (ADM / DPS); scaled_linear for LDM"
     )
-    beta_start: float = hyper(1e-4, 1e-6, 0.1, log=True, source="DDPM (Ho et al. 2020): 1e-4")
-    beta_end: float = hyper(0.02, 1e-4, 0.5, log=True, source="DDPM (Ho et al. 2020): 0.02")
-    train_steps: int = hyper(1000, 2, 100000, log=True, source="DDPM: T = 1000")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.beta_start >= self.beta_end:
-            raise SolverConfigError(
-                f"{type(self).__name__}: beta_start ({self.beta_start:g}) must be below "
-                f"beta_end ({self.beta_end:g})"
-            )
         if self.num_steps > self.train_steps:
             raise SolverConfigError(
                 f"{type(self).__name__}: num_steps ({self.num_steps}) cannot exceed train_steps "
@@ -111,28 +111,18 @@ class LatentDPSConfig(DPSConfig):
     step_rule: str = choice("alpha_bar", STEP_RULES, source="ReSample App. C.3")
     eta: float = hyper(0.0, 0.0, 1.0, source="ReSample: DDIM, eta = 0")
     beta_schedule: str = choice(
-        "scaled_linear", BETA_SCHEDULES, source="LDM FFHQ config (reference/algorithms.md)"
+        "scaled_linear", BETA_SCHEDULES, source="LDM FFHQ config (docs/solvers/dps.md)"
     )
-    beta_start: float = hyper(0.0015, 1e-6, 0.1, log=True, source="LDM FFHQ: linear_start")
-    beta_end: float = hyper(0.0195, 1e-4, 0.5, log=True, source="LDM FFHQ: linear_end")
+    beta_start: float = beta_start_field(0.0015, source="LDM FFHQ: linear_start")
+    beta_end: float = beta_end_field(0.0195, source="LDM FFHQ: linear_end")
 
 
 def ddpm_sigmas(config: DPSConfig) -> list[float]:
     """The ``num_steps + 1`` decreasing VE levels of the respaced DDPM schedule, ending at 0."""
-    t_max = config.train_steps
-    if config.beta_schedule == "linear":
-        betas = torch.linspace(config.beta_start, config.beta_end, t_max, dtype=torch.float64)
-    else:
-        betas = torch.linspace(
-            config.beta_start**0.5, config.beta_end**0.5, t_max, dtype=torch.float64
-        ).pow(2)
-    abar = torch.cumprod(1.0 - betas, dim=0)
-    n = config.num_steps
-    if n == 1:
-        steps = torch.tensor([t_max - 1])
-    else:
-        steps = torch.arange(n, dtype=torch.float64).mul((t_max - 1) / (n - 1)).round().long()
-    sigmas = ((1.0 - abar[steps]) / abar[steps]).sqrt().flip(0)
+    abar = alphas_cumprod(
+        config.train_steps, config.beta_start, config.beta_end, config.beta_schedule
+    )
+    sigmas = vp_sigmas(abar[respace(config.train_steps, config.num_steps)]).flip(0)
     return [*sigmas.tolist(), 0.0]
 
 

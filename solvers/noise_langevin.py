@@ -49,6 +49,7 @@ from solvers.preset import Preset
 from solvers.priors import ode
 from solvers.priors.base import Prior
 from solvers.registry import register
+from solvers.schedules import karras_sigmas
 
 INTEGRATORS = ("euler_maruyama", "exponential")
 ADAM_BETAS = (0.9, 0.999)
@@ -261,7 +262,7 @@ def _generator(prior: Prior, cfg: NoiseLangevinConfig) -> Callable[[torch.Tensor
             f"noise_langevin: generator_sigma_min {lo:g} exceeds generator_sigma_max {hi:g} "
             f"within the prior's range [{prior.sigma_min:g}, {prior.sigma_max:g}]"
         )
-    sigmas = ode.karras_sigmas(cfg.generator_steps, lo, hi)
+    sigmas = karras_sigmas(cfg.generator_steps, lo, hi)
     method = cfg.generator_method
 
     def generate(z: torch.Tensor) -> torch.Tensor:

@@ -17,14 +17,20 @@ import torch
 from solvers.base import Solver, SolverInputError
 from solvers.config import SolverConfig, SolverConfigError, choice, hyper
 from solvers.priors.base import Prior
-from solvers.priors.ode import karras_sigmas
 from solvers.priors.vp import VPDenoiser
+from solvers.schedules import (
+    DDPMScheduleConfig,
+    alphas_cumprod,
+    even_timesteps,
+    karras_sigmas,
+    uniform_timesteps,
+)
 
 SCHEDULES = ("auto", "linear", "karras")
 
 
 @dataclass(frozen=True)
-class VPGridConfig(SolverConfig):
+class VPGridConfig(DDPMScheduleConfig):
     """How a VP-form solver lays its alpha-bar grid over the prior's EDM noise levels.
 
     ``auto``: a VP prior's own alphas_cumprod table (solvers.priors.vp), else ``linear``.
@@ -34,23 +40,15 @@ class VPGridConfig(SolverConfig):
     """
 
     schedule: str = choice("auto", SCHEDULES, source="ours; auto = the prior's own VP table")
-    beta_start: float = hyper(1e-4, 1e-6, 1e-2, log=True, source="DDPM linear schedule")
-    beta_end: float = hyper(0.02, 1e-3, 0.1, log=True, source="DDPM linear schedule")
-    train_steps: int = hyper(1000, 10, 10000, log=True, source="DDPM linear schedule")
     karras_sigma_min: float = hyper(0.002, 1e-5, 1.0, log=True, source="EDM (Karras et al.)")
     karras_sigma_max: float = hyper(80.0, 1.0, 1e4, log=True, source="EDM (Karras et al.)")
     karras_rho: float = hyper(7.0, 1.0, 20.0, source="EDM (Karras et al.)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        name = type(self).__name__
-        if not self.beta_start < self.beta_end:
-            raise SolverConfigError(
-                f"{name}: beta_start ({self.beta_start:g}) must be < beta_end ({self.beta_end:g})"
-            )
         if not self.karras_sigma_min < self.karras_sigma_max:
             raise SolverConfigError(
-                f"{name}: karras_sigma_min ({self.karras_sigma_min:g}) must be < "
+                f"{type(self).__name__}: karras_sigma_min ({self.karras_sigma_min:g}) must be < "
                 f"karras_sigma_max ({self.karras_sigma_max:g})"
             )
 
@@ -64,8 +62,9 @@ def alpha_bar_table(prior: Prior, config: VPGridConfig) -> torch.Tensor:
     if config.schedule == "auto" and isinstance(prior, VPDenoiser):
         table = 1.0 / (1.0 + torch.exp(2.0 * prior.log_sigmas.detach().cpu().to(torch.float64)))
     else:
-        betas = torch.linspace(config.beta_start, config.beta_end, config.train_steps)
-        table = torch.cumprod(1.0 - betas.to(torch.float64), dim=0)
+        table = alphas_cumprod(
+            config.train_steps, config.beta_start, config.beta_end, beta_dtype=torch.float32
+        )
     return table[(1.0 - table) / table <= prior.sigma_max**2 * (1 + 1e-9)]
 
 
@@ -99,11 +98,8 @@ def ddim_levels(prior: Prior, config: VPGridConfig, steps: int) -> torch.Tensor:
         end = torch.tensor([1.0 / (1.0 + prior.sigma_min**2)], dtype=torch.float64)
         return torch.cat([end, karras_alpha_bars(prior, config, steps)])
     table = table_for_steps(prior, config, steps)
-    n_train = table.numel()
-    c = n_train // steps
-    offset = min(1, n_train - 1 - (steps - 1) * c)
-    taus = torch.arange(steps) * c + offset
-    end = table[:1] if offset == 1 else torch.ones(1, dtype=torch.float64)
+    taus = uniform_timesteps(table.numel(), steps)
+    end = table[:1] if taus[0] == 1 else torch.ones(1, dtype=torch.float64)
     return torch.cat([end, table[taus]])
 
 
@@ -117,9 +113,7 @@ def ddpm_levels(prior: Prior, config: VPGridConfig, steps: int) -> torch.Tensor:
     if config.schedule == "karras":
         return torch.cat([one, karras_alpha_bars(prior, config, steps)])
     table = table_for_steps(prior, config, steps)
-    n_train = table.numel()
-    times = torch.round(torch.arange(1, steps + 1, dtype=torch.float64) * n_train / steps)
-    return torch.cat([one, table[times.long() - 1]])
+    return torch.cat([one, table[even_timesteps(table.numel(), steps)]])
 
 
 def level_sigma(prior: Prior, ab: float) -> float:

@@ -15,10 +15,10 @@ from solvers.priors.guided_diffusion import (
     GuidedDiffusionUNet,
     ffhq_256,
     imagenet_256_uncond,
-    linear_alphas_cumprod,
     load_guided_diffusion,
 )
 from solvers.priors.vp import VPDenoiser
+from solvers.schedules import adm_linear_alphas_cumprod
 
 # 16 px, widths 32/64 (GroupNorm needs multiples of 32), attention at 8 px = downsampling rate 2.
 TINY = GuidedDiffusionConfig(
@@ -103,7 +103,7 @@ def test_checkpoint_round_trip_matches_in_memory_network(tmp_path):
     assert isinstance(prior, VPDenoiser) and prior.prediction_type == "epsilon"
     assert prior.shape == (3, 16, 16)
     assert not prior.training and not any(p.requires_grad for p in prior.parameters())
-    abar = linear_alphas_cumprod()
+    abar = adm_linear_alphas_cumprod()
     assert prior.sigma_min == pytest.approx(math.sqrt((1 - abar[0]) / abar[0]))
     assert prior.sigma_max == pytest.approx(math.sqrt((1 - abar[-1]) / abar[-1]))
 
@@ -164,7 +164,7 @@ class OracleUNet(nn.Module):
 def test_oracle_epsilon_denoises_to_x0():
     gen = torch.Generator().manual_seed(2)
     x0 = torch.rand(4, 3, 4, 4, generator=gen, dtype=torch.float64) * 2 - 1
-    abar = linear_alphas_cumprod()
+    abar = adm_linear_alphas_cumprod()
     prior = VPDenoiser(EpsilonHead(OracleUNet(x0, abar), 3), abar, shape=(3, 4, 4))
     sigma = torch.tensor([0.02, 0.7, 3.3, 80.0], dtype=torch.float64)
     x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=gen, dtype=torch.float64)

@@ -17,6 +17,7 @@ from solvers.noise_langevin import NoiseLangevin
 from solvers.priors import ode
 from solvers.priors.base import Prior
 from solvers.priors.gmm import GaussianMixture, mcgdiff_problem
+from solvers.schedules import karras_sigmas
 
 F64 = torch.float64
 SMALL = {"warm_steps": 4, "langevin_steps": 6, "step_size": 1e-3, "generator_steps": 3}
@@ -41,9 +42,7 @@ def _run(solver, p, n, seed=0, steps=None):
 def _loss_and_grad(solver, p, z):
     """R(z) = ||y - A(G(z))||^2 and its gradient, with G written out from the config."""
     cfg = solver.config
-    sigmas = ode.karras_sigmas(
-        cfg.generator_steps, cfg.generator_sigma_min, cfg.generator_sigma_max
-    )
+    sigmas = karras_sigmas(cfg.generator_steps, cfg.generator_sigma_min, cfg.generator_sigma_max)
     z = z.clone().requires_grad_(True)
     x = ode.solve(p.prior.denoise, cfg.generator_sigma_max * z, sigmas, cfg.generator_method)
     loss = (p.y - p.operator(x)).pow(2).sum(1)

@@ -20,6 +20,7 @@ from torch import nn
 
 from solvers.priors import PriorInputError, PriorLoadError, available, load, loading, ode
 from solvers.priors.diffusers_loaders import load_diffusers
+from solvers.schedules import ScheduleError, karras_sigmas
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -269,15 +270,15 @@ def test_ode_generator(saved: dict[str, Any], method: str, steps: int) -> None:
 
 
 def test_ode_euler_is_ddim_and_schedule_ends() -> None:
-    sigmas = ode.karras_sigmas(5, 0.01, 80.0)
+    sigmas = karras_sigmas(5, 0.01, 80.0)
     assert sigmas[0] == 80.0 and sigmas[-2] == 0.01 and sigmas[-1] == 0.0
     assert all(a > b for a, b in itertools.pairwise(sigmas))
     x0 = torch.full((1, 2), 0.3)  # a point mass: D = x0, so every solver lands on x0 at once
     for method in ode.METHODS:
         out = ode.solve(lambda x, s: x0.expand_as(x), torch.ones(1, 2) * 80, sigmas, method)
         assert torch.allclose(out, x0)
-    with pytest.raises(PriorInputError, match="steps"):
-        ode.karras_sigmas(0, 0.01, 80.0)
+    with pytest.raises(ScheduleError, match="steps"):
+        karras_sigmas(0, 0.01, 80.0)
 
 
 # -- latent diffusion ------------------------------------------------------------------------------

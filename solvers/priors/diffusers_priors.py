@@ -46,7 +46,8 @@ class DiffusionPrior(VPDenoiser):
         sigma_max: float | None = None,
     ) -> None:
         super().__init__(network, alphas_cumprod, shape, prediction_type, timestep_mode, sigma_max)
-        ode.karras_sigmas(ode_steps, self.sigma_min, self.sigma_max)  # validates ode_steps
+        if isinstance(ode_steps, bool) or not isinstance(ode_steps, int) or ode_steps < 1:
+            raise PriorInputError(f"ode_steps must be an integer >= 1, got {ode_steps!r}")
         if ode_method not in ode.METHODS:
             raise PriorInputError(f"ode_method must be one of {ode.METHODS}, got {ode_method!r}")
         self.ode_steps = ode_steps

@@ -28,6 +28,7 @@ from torch import nn
 
 from solvers.priors.base import PriorInputError
 from solvers.priors.vp import VPDenoiser
+from solvers.schedules import adm_linear_alphas_cumprod
 
 NORM_GROUPS = 32  # guided_diffusion/nn.py: normalization(channels) = GroupNorm32(32, channels)
 
@@ -112,13 +113,6 @@ PRESETS: dict[str, Callable[[], GuidedDiffusionConfig]] = {
     "ffhq_256": ffhq_256,
     "imagenet_256_uncond": imagenet_256_uncond,
 }
-
-
-def linear_alphas_cumprod(steps: int = 1000) -> torch.Tensor:
-    """alpha_bar_t (float64) of the "linear" schedule of guided-diffusion (Ho et al. 2020)."""
-    scale = 1000 / steps
-    betas = torch.linspace(scale * 1e-4, scale * 0.02, steps, dtype=torch.float64)
-    return torch.cumprod(1.0 - betas, dim=0)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -475,7 +469,7 @@ def load_guided_diffusion(
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     prior = VPDenoiser(
         EpsilonHead(unet, cfg.in_channels),
-        linear_alphas_cumprod(cfg.diffusion_steps),
+        adm_linear_alphas_cumprod(cfg.diffusion_steps),
         shape=shape,
         prediction_type="epsilon",
     ).eval()

@@ -4,7 +4,7 @@ For x = x0 + sigma * n the probability-flow ODE is dx/dsigma = (x - D(x, sigma))
 the denoiser. An Euler step of it is exactly a deterministic DDIM step (Song et al. 2021; Karras
 et al. 2022, Sec. 3); Heun adds the trapezoidal correction. The last step, to sigma = 0, is always
 the Euler step, which returns D(x, sigma_last). Everything is plain differentiable torch, so the
-map z -> x0 can be used as a generator for noise-space Langevin (reference/algorithms.md).
+map z -> x0 can be used as a generator for noise-space Langevin (docs/solvers/noise_langevin.md).
 """
 
 from __future__ import annotations
@@ -15,23 +15,10 @@ from collections.abc import Callable
 import torch
 
 from solvers.priors.base import Prior, PriorInputError
+from solvers.schedules import karras_sigmas
 
 METHODS = ("euler", "heun")
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
-
-
-def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> list[float]:
-    """``steps`` poly-``rho`` spaced levels from ``sigma_max`` down to ``sigma_min``, then 0."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise PriorInputError(f"ODE steps must be an integer >= 1, got {steps!r}")
-    if not 0 < sigma_min <= sigma_max:
-        raise PriorInputError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
-    if steps == 1:
-        return [float(sigma_max), 0.0]
-    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    sigmas = [(hi + i / (steps - 1) * (lo - hi)) ** rho for i in range(steps)]
-    sigmas[0], sigmas[-1] = float(sigma_max), float(sigma_min)  # exact ends, no rounding drift
-    return [*sigmas, 0.0]
 
 
 def solve(
@@ -64,6 +51,7 @@ def num_evaluations(steps: int, method: str) -> int:
 def generate(
     prior: Prior, z: torch.Tensor, steps: int, method: str = "heun", rho: float = 7.0
 ) -> torch.Tensor:
-    """Map z ~ N(0, I) to the prior's sampling space: start at ``sigma_max * z``, solve to 0."""
+    """Map z ~ N(0, I) to the prior's sampling space: start at ``sigma_max * z``, solve to 0
+    over ``steps`` poly-``rho`` levels (``schedules.karras_sigmas``)."""
     sigmas = karras_sigmas(steps, prior.sigma_min, prior.sigma_max, rho)
     return solve(prior.denoise, prior.sigma_max * z, sigmas, method)
