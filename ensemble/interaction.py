@@ -1,4 +1,4 @@
-"""Particle interaction on the driver: repulsion, pruning and SMC resampling (algorithms.md).
+"""Particle interaction on the driver: repulsion, pruning and SMC resampling (docs/ensemble.md).
 
 Pure functions of per-particle features and measurement losses, so they are checked against
 hand-computed kernels and weights. Ancestor arrays say, for each slot i, which particle's state
@@ -80,7 +80,7 @@ def top_k_ancestors(
 def smc_log_potential(
     loss: torch.Tensor, sigma_y: float, noise_level: float, temperature: float = 1.0
 ) -> torch.Tensor:
-    """log phi_i = -temperature ||A(x0_i) - y||^2 / (2 (sigma_y^2 + r^2)) (algorithms.md)."""
+    """log phi_i = -temperature ||A(x0_i) - y||^2 / (2 (sigma_y^2 + r^2)) (docs/ensemble.md)."""
     return -temperature * loss.to(torch.float64) / (2 * (sigma_y**2 + noise_level**2))
 
 

@@ -1,1 +1,1 @@
-"""Experiments: configs, datasets, metrics, tracking, runner, reports and the CLI (DESIGN.md)."""
+"""Experiments: configs, data, metrics, tracking, runner, reports, CLI (docs/architecture.md)."""

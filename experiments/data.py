@@ -1,6 +1,6 @@
-"""Datasets as tensors in [-1, 1], shape (C, H, W) per image (DESIGN.md, "Experiments").
+"""Datasets as tensors in [-1, 1], shape (C, H, W) per image (docs/evaluation.md).
 
-``ImageFolder`` follows the evaluation protocol (shared/reference/operators.md): resize the
+``ImageFolder`` follows the evaluation protocol (docs/evaluation.md): resize the
 shorter side to ``size`` (bicubic, antialiased), centre-crop ``size x size``, scale to [-1, 1].
 
 Built-in datasets ship inside installed packages, so they work offline:

@@ -1,6 +1,6 @@
 """The 8 seed tasks scaled to the shipped 32x32 priors, and CPU-sized solver settings for them.
 
-Task geometry follows the reference protocol (shared/reference/operators.md) scaled from 256 to
+Task geometry follows the reference protocol (docs/operators.md) scaled from 256 to
 32 pixels: SR x4 (32 -> 8, bicubic), a 16x16 box with margin 4, 70-71% random pixels dropped,
 9x9 Gaussian (std 1.5) and motion (intensity 0.5) kernels, phase retrieval with oversampling
 2.0 (8 pixels of zero padding per side), HDR factor 2. The blur widths are not the reference

@@ -1,7 +1,7 @@
-"""Forward operators A, measurement noise and matrix-free linear algebra (DESIGN.md, "Operator").
+"""Forward operators A, measurement noise and matrix-free linear algebra (docs/operators.md).
 
 ``operators.build(name, **params)`` makes an operator; ``operators.available()`` lists names.
-Defaults follow the DAPS/ReSample protocol (shared/reference/operators.md): images of shape
+Defaults follow the DAPS/ReSample protocol (docs/operators.md): images of shape
 (3, 256, 256) in [-1, 1], noise sigma 0.05.
 """
 

@@ -1,4 +1,4 @@
-"""The Operator contract: y = A(x) + sigma * n with Gaussian noise (DESIGN.md, "Operator").
+"""The Operator contract: y = A(x) + sigma * n with Gaussian noise (docs/operators.md).
 
 Every forward model is a ``torch.nn.Module`` built for one input shape. Random parts (masks,
 kernels) are drawn once at construction from an explicit generator or seed and stored as

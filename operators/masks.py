@@ -1,4 +1,4 @@
-"""Inpainting operators y = mask * x (DAPS/ReSample protocol, shared/reference/operators.md).
+"""Inpainting operators y = mask * x (DAPS/ReSample protocol, docs/operators.md).
 
 The mask is drawn once at construction from an explicit seed or generator and kept as a buffer,
 so ``state_dict`` restores it exactly. One mask serves every image and channel (DAPS).

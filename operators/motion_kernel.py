@@ -1,7 +1,7 @@
 """Random motion-blur kernels: a random camera trajectory, rasterised and normalised.
 
 Our implementation of the trajectory model used by the DAPS/DPS motion-deblur task (the
-LeviBorodenko ``motionblur`` algorithm, shared/reference/operators.md): a path of random step
+LeviBorodenko ``motionblur`` algorithm, docs/operators.md): a path of random step
 lengths (Beta(1, 30) scaled by 1 - intensity) and turning angles (triangular, with sign flips
 at a Beta(2, 20) "jitter" rate) is centred, randomly rotated, drawn on a canvas twice the kernel
 size and averaged down to the kernel size. Every draw comes from one explicit generator.

@@ -1,6 +1,6 @@
 """Non-linear deblurring: A(x) = G(x, k), the bkse blur generator with a fixed kernel code.
 
-The forward model of DPS and DAPS "nonlinear deblur" (shared/reference/operators.md): the
+The forward model of DPS and DAPS "nonlinear deblur" (docs/operators.md): the
 KernelWizard network of Tran et al., CVPR 2021 (operators/kernel_wizard.py) with the official
 ``GOPRO_wVAE.pth`` weights and a kernel code k = 1.2 * randn(1, 512, 2, 2) drawn once with a
 fixed seed. Images in [-1, 1] are mapped to [0, 1], blurred, mapped back and clamped to [-1, 1].

@@ -1,6 +1,6 @@
 """Hyperparameter search with Ray Tune + Optuna + ASHA, generic over an objective and a space.
 
-The package knows nothing of images or solvers (DESIGN.md, "Search"): it receives
+The package knows nothing of images or solvers (docs/search.md): it receives
 
 - a space: ``Float``, ``Int``, ``Categorical``, ``Fixed`` dimensions, usually built from
   declared ranges with ``space_from_ranges(ranges, fix=..., narrow=..., integers=...)``;

@@ -4,7 +4,7 @@ lazily).
 - ``Searcher``: ``OptunaSearch`` that records each trial's Tune id as an Optuna user attribute,
   reports intermediate values at the objective's own step (not Tune's iteration counter), and
   tells Optuna PRUNED, not COMPLETE, for trials that ASHA stopped early (their last value is a
-  low-fidelity one, platform.md).
+  low-fidelity one).
 - ``MLflowTrials``: a Tune callback on the driver writing one MLflow child run per trial.
 - ``make_sampler``: TPE (default), GP, CMA-ES or random, seeded.
 """

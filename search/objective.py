@@ -17,7 +17,7 @@ process is kept for the next trial: letting the exception reach Tune would mark 
 but kill the process, and a new Tune trial process cost about 20 s on the loaded 2-core build
 machine (Tune gives its trial actors a runtime env, so they never come from Ray's pool of
 prestarted workers), plus re-importing torch and reloading models on real objectives. A NaN must
-never reach Optuna's ``tell``: it would leave the trial RUNNING forever (platform.md).
+never reach Optuna's ``tell``: it would leave the trial RUNNING forever.
 """
 
 from __future__ import annotations

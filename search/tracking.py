@@ -1,7 +1,7 @@
 """MLflow records of a study: one parent run per study, one child run per trial.
 
 Everything is written from the driver (a single writer: SQLite stores break under concurrent
-writers, platform.md) through ``MlflowClient``, never the fluent API, so that no global active run
+writers) through ``MlflowClient``, never the fluent API, so that no global active run
 is touched. Child runs carry the ``mlflow.parentRunId`` tag (what nests them in the UI), the
 trial's params, its metrics per step (one ``log_batch`` per report) and a ``search.status`` tag.
 mlflow is imported lazily.

@@ -1,6 +1,6 @@
-"""C-DPS: coupled data- and measurement-space diffusion posterior sampling (seed 004).
+"""C-DPS: coupled data- and measurement-space diffusion posterior sampling.
 
-Follows shared/reference/algorithms.md, "C-DPS (seed 004)", for linear operators and pixel
+Follows Mohajer Hamidi, Liang, Yang 2025 (docs/solvers/cdps.md) for linear operators and pixel
 priors. The state ``x`` is the VP-form x_t = sqrt(ab_t) (x0 + sigma_t n) on an ancestral grid
 ab_S < ... < ab_1 < ab_0 = 1 (``ddpm_levels``; beta_s = 1 - ab_s / ab_{s-1} re-derived on the
 sub-grid). The prior's EDM denoiser gives the VP score at x_t:
@@ -73,7 +73,7 @@ class CDPSConfig(VPGridConfig):
     """C-DPS hyperparameters (seed 004 publishes no code; CG count and grid are ours)."""
 
     steps: int = hyper(1000, 2, 10000, log=True, source=f"{SEED}: DDPM, T = 1000")
-    cg_iters: int = hyper(10, 1, 1000, log=True, source="algorithms.md: 5-20 is a start")
+    cg_iters: int = hyper(10, 1, 1000, log=True, source="ours: not published; 5-20 is a start")
     cg_tol: float = hyper(1e-8, 1e-14, 1e-2, log=True, source="ours: relative CG residual")
     prior_mean: str = choice(
         "ddpm", ("ddpm", "literal"), source="ours; 'literal' = the seed's mean (no prior factor)"

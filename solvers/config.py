@@ -2,7 +2,7 @@
 
 ``hyper(default, low, high, log=False, source=...)`` declares a field; ``SolverConfig``
 validates ranges on construction and exposes ``search_space()`` for the search layer, so that
-each hyperparameter is declared in exactly one place (peers.md, "Takeaway").
+each hyperparameter is declared in exactly one place (docs/solvers/index.md).
 """
 
 from __future__ import annotations

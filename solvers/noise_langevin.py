@@ -1,7 +1,7 @@
 """Noise-space Langevin posterior sampling with a deterministic generator (seed 002).
 
 Seed 002 ("Posterior sampling via Langevin dynamics based on generative priors"; reference
-code CPS_Diverse; shared/reference/algorithms.md): with a deterministic noise-to-data map G
+code CPS_Diverse; docs/solvers/noise_langevin.md): with a deterministic noise-to-data map G
 (a consistency model, or any deterministic ODE sampler), sample the noise z from
 
     p(z | y) ∝ N(z; 0, I) exp(-L(z)),   L(z) = ||y - A(G(z))||^2 / (2 sigma_c^2)

@@ -1,6 +1,6 @@
 """ReSample: hard data consistency with stochastic resampling (Song et al., ICLR 2024; seed 003).
 
-Follows shared/reference/algorithms.md, "ReSample (ICLR 2024), as implemented". The state
+Follows the paper and its reference code (docs/solvers/resample.md). The state
 ``x`` is the VP-form variable z_t = sqrt(ab_t) (z0 + sigma_t n) of the prior's sampling space
 (latent for latent priors; pixels for pixel priors, where encode/decode are the identity).
 One ``step`` is one DDIM index i = T-1-k, going from level ab_t = ab(i) to ab_prev = ab(i-1):

@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One small local Ray instance for the whole test session (platform.md: never per test)."""
+    """One small local Ray instance for the whole test session (never per test)."""
     import ray
 
     if not ray.is_initialized():

@@ -35,7 +35,7 @@ def _gaussian_case(sigma_y: float = 0.3) -> tuple[GaussianMixture, MatrixOperato
 def _dense(
     solver: CDPS, x: torch.Tensor, y_prev: torch.Tensor, s: int, sigma_y: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lambda and the right-hand side of the reverse step, computed densely from algorithms.md."""
+    """Lambda and right-hand side of the reverse step, computed densely (docs/solvers/cdps.md)."""
     ab_s, ab = float(solver.levels[s]), float(solver.levels[s - 1])
     beta = 1 - ab_s / ab
     A = solver.operator.A

@@ -3,7 +3,7 @@
 The MCMC target is checked against the closed-form Gaussian conditional
 N(x0_hat, r^2 I) x N(y; A x, sigma_y^2 I) (``likelihood="gaussian"``; ``"reference"`` is the same
 with sigma_y = tau / sqrt(2)); end-to-end accuracy by the sliced Wasserstein distance to the
-exact posterior of the MCGdiff Gaussian-mixture benchmark (shared/reference/gmm_benchmark.md),
+exact posterior of the MCGdiff Gaussian-mixture benchmark (docs/gmm_benchmark.md),
 relative to the perfect-sampler floor.
 """
 

@@ -1,4 +1,4 @@
-"""Repulsion kernels, pruning and SMC weights against hand computations (algorithms.md)."""
+"""Repulsion kernels, pruning and SMC weights against hand computations (docs/ensemble.md)."""
 
 from __future__ import annotations
 

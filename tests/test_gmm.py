@@ -2,7 +2,7 @@
 
 Checks against independent computations: Monte Carlo (self-normalised importance sampling),
 naive float64 formulas, autograd, grid quadrature of Bayes' rule, the Kalman form of Gaussian
-conditioning, and the perfect-sampler floor of shared/reference/gmm_benchmark.md.
+conditioning, and the perfect-sampler floor of docs/gmm_benchmark.md.
 """
 
 from __future__ import annotations
@@ -289,7 +289,7 @@ def test_sliced_wasserstein_in_one_dimension_is_w1() -> None:
 
 
 def test_perfect_sampler_floor_on_mcgdiff_instances() -> None:
-    """Two independent 2k-sample exact posterior draws: the floor of gmm_benchmark.md."""
+    """Two independent 2k-sample exact posterior draws: the floor of docs/gmm_benchmark.md."""
     floors = {}
     for d_y in (1, 4):
         values = []

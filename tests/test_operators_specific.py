@@ -20,7 +20,7 @@ def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=GEN().manual_seed(seed), dtype=torch.float64)
 
 
-# -- protocol defaults (shared/reference/operators.md) --------------------------------------
+# -- protocol defaults (docs/operators.md) ---------------------------------------------------
 def test_defaults_follow_the_reference_protocol():
     gaussian = operators.build("gaussian_blur")
     assert gaussian.input_shape == (3, 256, 256) and gaussian.sigma == 0.05

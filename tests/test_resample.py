@@ -44,7 +44,7 @@ def test_stage_boundaries_follow_the_reference_split() -> None:
     events = [i for i in range(500) if solver.dc_event(i)]
     pixel = [i for i in events if not solver.latent_stage(i)]
     latent = [i for i in events if solver.latent_stage(i)]
-    # algorithms.md: 500 // 3 = 166; pixel stage 334..166 (17 events), latent 165..1 (16).
+    # docs/solvers/resample.md: 500 // 3 = 166; pixel 334..166 (17 events), latent 165..1 (16).
     assert max(events) == 330 and min(events) == 10
     assert len(pixel) == 17 and min(pixel) == 170
     assert len(latent) == 16 and max(latent) == 160

@@ -1,4 +1,4 @@
-"""The Prior contract: one denoiser in EDM/VE form (DESIGN.md, "Prior"; Karras et al. 2022).
+"""The Prior contract: one denoiser in EDM/VE form (docs/priors.md; Karras et al. 2022).
 
 For x = x0 + sigma * n with n ~ N(0, I), ``denoise(x, sigma)`` returns E[x0 | x]. Every solver
 talks to a prior only through this contract, so pixel, latent, analytic and hub models are

@@ -1,6 +1,6 @@
 """Gaussian-mixture prior with an analytic denoiser and an exact linear-Gaussian posterior.
 
-The project's ground truth for solver correctness (shared/reference/gmm_benchmark.md): with a
+The project's ground truth for solver correctness (docs/gmm_benchmark.md): with a
 mixture prior sum_i w_i N(mu_i, std^2 I) the EDM/VE denoiser E[x0 | x0 + sigma n] is analytic,
 and under y = A x0 + sigma_y eps the posterior is again a mixture with one shared covariance.
 ``mcgdiff_problem`` builds the benchmark instances of MCGdiff (Cardoso et al., "Monte Carlo
@@ -325,7 +325,7 @@ def mcgdiff_problem(
 ) -> GMMProblem:
     """The MCGdiff benchmark instance ``seed`` for dimensions (d, d_y).
 
-    Recipe (gmm_benchmark.md): the prior ``default_gmm_prior(d)`` (25 unit-covariance
+    Recipe (docs/gmm_benchmark.md): the prior ``default_gmm_prior(d)`` (25 unit-covariance
     components at ``mcgdiff_means(d)`` with ``mcgdiff_weights(d)``); then, from a CPU generator
     seeded ``seed`` and in this order: A0 ~ N(0, 1) (d_y, d) with SVD U S V^T, s = U(0, 1)^d_y
     sorted in decreasing order (the SVD's order), A = U diag(s) V^T[:d_y]; sigma_y =
@@ -408,7 +408,7 @@ def _mixture_posterior(
     """Bayes for prior sum_i w_i N(mu_i, std^2 I) and y = A x + sigma_y eps (all float64).
 
     S = (I / std^2 + A^T A / sigma_y^2)^-1, m_i = S (mu_i / std^2 + A^T y / sigma_y^2),
-    w~_i ∝ w_i N(y; A mu_i, sigma_y^2 I + std^2 A A^T) (gmm_benchmark.md with std = 1).
+    w~_i ∝ w_i N(y; A mu_i, sigma_y^2 I + std^2 A A^T) (docs/gmm_benchmark.md with std = 1).
     """
     means, weights = means.to(A.device), weights.to(A.device)
     d, d_y = A.shape[1], A.shape[0]
