@@ -14,7 +14,7 @@ import solvers
 from ensemble import SMC, EnsembleSpec, EnsembleSpecError, OperatorSpec, Pruning, Repulsion
 from ensemble.features import FeatureMap
 from solvers.priors.gmm import mcgdiff_problem
-from tests.ensemble_specs import flat_spec
+from tests.ensemble_specs import flat_spec, gmm_daps_spec
 
 OVERRIDES = {"annealing_steps": 10, "mcmc_steps": 4}
 
@@ -25,18 +25,7 @@ def problem():
 
 
 def _spec(problem, **changes: Any) -> EnsembleSpec:
-    base: dict[str, Any] = {
-        "solver": "daps",
-        "preset": "gmm/pixel_hmc",
-        "overrides": OVERRIDES,
-        "prior": {"name": "gmm", "d": 8},
-        "operator": OperatorSpec.of(problem.operator),
-        "y": problem.y,
-        "particles": 6,
-        "seed": 3,
-        "progress": False,
-    }
-    return flat_spec(**{**base, **changes})
+    return gmm_daps_spec(problem, **changes)
 
 
 def test_without_interaction_it_is_the_solvers_own_sample(problem) -> None:

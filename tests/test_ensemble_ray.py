@@ -8,29 +8,16 @@ import pytest
 import torch
 
 import ensemble
-from ensemble import SMC, EnsembleSpec, OperatorSpec, Repulsion
+from ensemble import SMC, EnsembleSpec, Repulsion
 from solvers.priors.gmm import mcgdiff_problem
-from tests.ensemble_specs import flat_spec
+from tests.ensemble_specs import gmm_daps_spec
 
 pytestmark = pytest.mark.ray
 
 
 def _spec(**changes: Any) -> EnsembleSpec:
-    problem = mcgdiff_problem(8, 1, 0)
-    base: dict[str, Any] = {
-        "solver": "daps",
-        "preset": "gmm/pixel_hmc",
-        "overrides": {"annealing_steps": 10, "mcmc_steps": 4},
-        "prior": {"name": "gmm", "d": 8},
-        "operator": OperatorSpec.of(problem.operator),
-        "y": problem.y,
-        "particles": 6,
-        "seed": 3,
-        "progress": False,
-        "repulsion": Repulsion(weight=2.0),
-        "smc": SMC(enabled=True, ess_threshold=0.9),
-    }
-    return flat_spec(**{**base, **changes})
+    interaction = {"repulsion": Repulsion(weight=2.0), "smc": SMC(enabled=True, ess_threshold=0.9)}
+    return gmm_daps_spec(mcgdiff_problem(8, 1, 0), **{**interaction, **changes})
 
 
 def test_ray_workers_give_the_in_process_samples(ray_session) -> None:
