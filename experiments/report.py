@@ -23,6 +23,8 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from search.tracking import PARENT_TAG
+
 METRICS = ("psnr", "ssim", "lpips")
 HEADERS = {"psnr": "PSNR ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
 DIGITS = {"psnr": 2, "ssim": 3, "lpips": 3}
@@ -40,7 +42,6 @@ MLFLOW_METRICS = (
     "images",
     "failed",
 )
-PARENT_TAG = "mlflow.parentRunId"
 STRING_COLUMNS = ("task", "method", "image", "status", "error", "lpips_backbone")
 OVERVIEW_HEIGHT = 64  # small images are enlarged to at least this many pixels per row
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import re
 import shlex
 import shutil
 import sqlite3
@@ -42,19 +41,21 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from search.tracking import (
+    METRICS_PER_BATCH,
+    PARAMS_PER_BATCH,
+    PARENT_TAG,
+    SQLITE_PREFIX,
+    absolute_sqlite,
+    flatten_params,
+    metric_key,
+)
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-# Limits of MLflow 3.17 (mlflow.utils.validation); tests/test_tracking.py checks they still hold.
-PARAM_VALUE_LIMIT = 6000
-PARAMS_PER_BATCH = 100
-METRICS_PER_BATCH = 1000
-PARENT_TAG = "mlflow.parentRunId"
 # Stores reached through a server: MLflow (not this process) decides where artifacts go.
 REMOTE_SCHEMES = frozenset({"http", "https", "databricks"})
 DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-SQLITE_PREFIX = "sqlite:///"
-# Characters MLflow accepts in param and metric names (POSIX); others become "_".
-_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 
 
 def default_tracking_uri(output: str | Path) -> str:
@@ -84,19 +85,10 @@ def resolve_tracking_uri(uri: str | None, output: str | Path) -> str:
         return _path_uri(Path(uri))
     scheme = scheme.lower()
     if scheme == "sqlite":
-        return _absolute_sqlite(uri)
+        return absolute_sqlite(uri)
     if scheme == "file":
         return _directory_uri(Path(unquote(urlparse(uri).path)))
     return uri
-
-
-def _absolute_sqlite(uri: str) -> str:
-    """``sqlite:///rel.db`` -> ``sqlite:////abs/rel.db``; in-memory URIs are left alone."""
-    rest = uri[len(SQLITE_PREFIX) :] if uri.startswith(SQLITE_PREFIX) else ""
-    path, mark, query = rest.partition("?")
-    if not path or path == ":memory:":
-        return uri
-    return f"{SQLITE_PREFIX}{Path(path).expanduser().resolve()}{mark}{query}"
 
 
 def _path_uri(path: Path) -> str:
@@ -120,23 +112,6 @@ def _directory_uri(path: Path) -> str:
             "MLFLOW_ALLOW_FILE_STORE=true to keep using the file store."
         )
     return f"{SQLITE_PREFIX}{path}/mlflow.db"
-
-
-def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested mappings as dotted keys; values as strings cut to MLflow's length limit."""
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten_params(value, f"{name}."))
-        else:
-            flat[_key(name)] = str(value)[:PARAM_VALUE_LIMIT]
-    return flat
-
-
-def _key(name: str) -> str:
-    """A param or metric name MLflow accepts."""
-    return _BAD_KEY_CHARS.sub("_", name)
 
 
 def _number(value: Any) -> float | None:
@@ -346,7 +321,7 @@ class ChildRun:
         """(name, value, step) triples as metrics, at most 1000 per ``log_batch`` call."""
         from mlflow.entities import Metric
 
-        metrics = [Metric(_key(name), value, stamp, step) for name, value, step in points]
+        metrics = [Metric(metric_key(name), value, stamp, step) for name, value, step in points]
         for chunk in _chunks(metrics, METRICS_PER_BATCH):
             self._client.log_batch(self.run_id, metrics=chunk)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from numbers import Real
@@ -19,12 +20,16 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-PARENT_TAG = "mlflow.parentRunId"
+PARENT_TAG = "mlflow.parentRunId"  # what nests a child run under its parent in the MLflow UI
 STATUS_TAG = "search.status"
 TRIAL_TAG = "search.trial_id"
+# Limits of MLflow 3.17 (mlflow.utils.validation); tests/test_tracking.py checks they still hold.
 PARAM_VALUE_LIMIT = 6000
-BATCH_LIMIT = 100
+PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
 SQLITE_PREFIX = "sqlite:///"
+# Characters MLflow accepts in param and metric names (POSIX); others become "_".
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 # Result keys that Tune adds to every report: bookkeeping, not the objective's metrics.
 TUNE_KEYS = frozenset(
     {
@@ -44,13 +49,19 @@ def absolute_uri(uri: str | Path) -> str:
     """
     text = str(uri)
     if text.startswith(SQLITE_PREFIX):
-        path, mark, query = text[len(SQLITE_PREFIX) :].partition("?")
-        if path and path != ":memory:":
-            return f"{SQLITE_PREFIX}{Path(path).expanduser().resolve()}{mark}{query}"
-        return text
+        return absolute_sqlite(text)
     if ":" not in text:
         return f"{SQLITE_PREFIX}{Path(text).expanduser().resolve()}"
     return text
+
+
+def absolute_sqlite(uri: str) -> str:
+    """``sqlite:///rel.db`` -> ``sqlite:////abs/rel.db``; in-memory and other URIs unchanged."""
+    rest = uri[len(SQLITE_PREFIX) :] if uri.startswith(SQLITE_PREFIX) else ""
+    path, mark, query = rest.partition("?")
+    if not path or path == ":memory:":
+        return uri
+    return f"{SQLITE_PREFIX}{Path(path).expanduser().resolve()}{mark}{query}"
 
 
 def client(uri: str) -> Any:
@@ -141,8 +152,8 @@ def log_result(mlflow_client: Any, run_id: str, result: Mapping[str, Any], step:
         and not isinstance(value, bool)
         and math.isfinite(value)
     ]
-    for start in range(0, len(metrics), BATCH_LIMIT):
-        mlflow_client.log_batch(run_id, metrics=metrics[start : start + BATCH_LIMIT])
+    for start in range(0, len(metrics), METRICS_PER_BATCH):
+        mlflow_client.log_batch(run_id, metrics=metrics[start : start + METRICS_PER_BATCH])
 
 
 def end_child(
@@ -166,17 +177,24 @@ def log_params(mlflow_client: Any, run_id: str, params: Mapping[str, Any]) -> No
     """``params`` (nested mappings as dotted keys) as MLflow params, in batches."""
     from mlflow.entities import Param
 
-    flat = [Param(k, v) for k, v in _flatten(params).items()]
-    for start in range(0, len(flat), BATCH_LIMIT):
-        mlflow_client.log_batch(run_id, params=flat[start : start + BATCH_LIMIT])
+    flat = [Param(k, v) for k, v in flatten_params(params).items()]
+    for start in range(0, len(flat), PARAMS_PER_BATCH):
+        mlflow_client.log_batch(run_id, params=flat[start : start + PARAMS_PER_BATCH])
 
 
-def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested mappings as dotted keys; values as strings within MLflow's length limit."""
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings as dotted keys (``metric_key``); values as strings cut to MLflow's
+    length limit."""
     flat: dict[str, str] = {}
     for key, value in params.items():
+        name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_params(value, f"{name}."))
         else:
-            flat[f"{prefix}{key}"] = str(value)[:PARAM_VALUE_LIMIT]
+            flat[metric_key(name)] = str(value)[:PARAM_VALUE_LIMIT]
     return flat
+
+
+def metric_key(name: str) -> str:
+    """A param or metric name MLflow accepts."""
+    return _BAD_KEY_CHARS.sub("_", name)

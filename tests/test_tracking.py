@@ -22,6 +22,7 @@ import pytest
 
 from experiments import tracking
 from experiments.tracking import Tracker, default_tracking_uri, resolve_tracking_uri
+from search import tracking as search_tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {
@@ -88,9 +89,10 @@ def _track(output: Path) -> dict:
 def test_the_limits_match_the_installed_mlflow():
     from mlflow.utils import validation
 
-    assert tracking.PARAM_VALUE_LIMIT == validation.MAX_PARAM_VAL_LENGTH
-    assert tracking.PARAMS_PER_BATCH == validation.MAX_PARAMS_TAGS_PER_BATCH
-    assert tracking.METRICS_PER_BATCH == validation.MAX_METRICS_PER_BATCH
+    limits = search_tracking  # the one copy of the limits, used by experiments.tracking too
+    assert limits.PARAM_VALUE_LIMIT == validation.MAX_PARAM_VAL_LENGTH
+    assert limits.PARAMS_PER_BATCH == validation.MAX_PARAMS_TAGS_PER_BATCH
+    assert limits.METRICS_PER_BATCH == validation.MAX_METRICS_PER_BATCH
 
 
 def test_importing_tracking_does_not_import_mlflow():
@@ -144,7 +146,7 @@ def test_params_are_flattened_with_dots_and_truncated(tracked):
     assert params["seed"] == "3"
     assert params["tracking.enabled"] == "True" and params["tracking.uri"] == "None"
     assert params["methods.daps.overrides.steps"] == "50"
-    assert params["notes"] == "x" * tracking.PARAM_VALUE_LIMIT
+    assert params["notes"] == "x" * search_tracking.PARAM_VALUE_LIMIT
     child = tracked.client.get_run(tracked.good).data.params
     assert child == {"task": "sr", "ensemble.particles": "4"}
 
