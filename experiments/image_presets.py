@@ -166,7 +166,7 @@ SETTINGS: tuple[SolverSetting, ...] = (
         "daps_opt",
         "latent",
         "ldm_hmc_opt5/{task}",
-        {**_LATENT_DAPS, "opt_start": 8, "opt_end": 23},  # seed 000's 15..45 of 50, scaled
+        {**_LATENT_DAPS, "opt_start": 8, "opt_end": 23},  # Kim 2025's 15..45 of 50, scaled
     ),
     # zeta 0.5 abar_t (ReSample's Latent-DPS); 2.0 on SR (0.5: 17.5 dB), 0.25 on nonlinear_blur;
     # 100 steps on inpaint_random (50 steps: one of 4 images at 15 dB, mean 23.9; 100: 32.1).

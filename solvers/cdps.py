@@ -65,12 +65,12 @@ from solvers.vp_grid import (
     zero_rows,
 )
 
-SEED = "C-DPS (Hamidi, Liang, Yang; seed 004)"
+SEED = "C-DPS (Mohajer Hamidi, Liang, Yang 2025)"
 
 
 @dataclass(frozen=True)
 class CDPSConfig(VPGridConfig):
-    """C-DPS hyperparameters (seed 004 publishes no code; CG count and grid are ours)."""
+    """C-DPS hyperparameters (the paper publishes no code; CG count and grid are ours)."""
 
     steps: int = hyper(1000, 2, 10000, log=True, source=f"{SEED}: DDPM, T = 1000")
     cg_iters: int = hyper(10, 1, 1000, log=True, source="ours: not published; 5-20 is a start")
@@ -83,7 +83,7 @@ class CDPSConfig(VPGridConfig):
         1e-4,
         100.0,
         log=True,
-        source="ours (seed 004: 1, absolute): best of {1, 1/3, 0.1, 1/30} x ||A|| on the "
+        source="ours (paper: 1, absolute): best of {1, 1/3, 0.1, 1/30} x ||A|| on the "
         "digits linear tasks; 1/30 wrecks Gaussian deblurring (noise fitting)",
     )
     chain_noise_units: str = choice(
@@ -124,7 +124,7 @@ CDPS_PRESETS: dict[str, Preset] = {
 
 @register(presets=CDPS_PRESETS)
 class CDPS(VPGridSolver):
-    """C-DPS (seed 004) for linear operators and pixel priors."""
+    """C-DPS (Mohajer Hamidi et al. 2025) for linear operators and pixel priors."""
 
     name: ClassVar[str] = "cdps"
     config_class: ClassVar[type[SolverConfig]] = CDPSConfig

@@ -1,14 +1,14 @@
-"""LatentDAPS-HMC with measurement-error optimisation (seed 000, "Ours").
+"""LatentDAPS-HMC with measurement-error optimisation (Kim 2025, "Ours").
 
 LatentDAPS (Zhang et al., CVPR 2025) with HMC, plus a few Adam iterations on the latent that
 minimise ||A(decode(z)) - y||^2 (per particle, summed) applied to the MCMC output z0_y in the
-annealing steps ``opt_start <= i < opt_end`` (seed 000: 15..45 of 50, after ReSample's "latter
+annealing steps ``opt_start <= i < opt_end`` (Kim 2025: 15..45 of 50, after ReSample's "latter
 two thirds"), before the renoising. Adam acts elementwise, so particles stay independent; a
 particle whose latent or decoded image turns non-finite is stopped as in DAPS. Latent priors only.
 
 Presets: ``ldm_hmc_opt{5,15,30}/<task>`` (the LDM HMC rows of the DAPS table with 5 / 15 / 30
-iterations, as in seed 000's tables) and ``gmm/latent_hmc_opt`` for the Gaussian-mixture benchmark.
-The Adam step size is not given by seed 000; the default is ReSample's latent-optimisation 5e-3.
+iterations, as in Kim 2025's tables) and ``gmm/latent_hmc_opt`` for the Gaussian-mixture benchmark.
+The Adam step size is not given by Kim 2025; the default is ReSample's latent-optimisation 5e-3.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from solvers.daps import (
 from solvers.preset import Preset
 from solvers.registry import register
 
-_SEED = "seed 000 (LD_HMC + measurement-error optimisation)"
+_SEED = "Kim 2025 (LD_HMC + measurement-error optimisation)"
 _BOX = LDM_HMC["inpaint_box"]
 
 
@@ -53,7 +53,7 @@ class DAPSOptConfig(DAPSConfig):
     opt_end: int = hyper(45, 0, 5000, source=f"{_SEED}: steps 15..45 of 50 (exclusive end)")
     opt_iterations: int = hyper(5, 0, 2000, source=f"{_SEED}: 5 / 15 / 30 per step")
     opt_lr: float = hyper(
-        5e-3, 1e-6, 1.0, log=True, source="ReSample latent optimisation lr; seed 000 gives none"
+        5e-3, 1e-6, 1.0, log=True, source="ReSample latent optimisation lr; Kim 2025 gives none"
     )
 
     def __post_init__(self) -> None:
@@ -83,7 +83,7 @@ def _opt_presets() -> dict[str, Preset]:
 
 
 # The GMM benchmark: gmm/latent_hmc with the optimisation window at the same fractions of the
-# run as seed 000 (15..45 of 50) and a step small against the posterior spread (unit-variance
+# run as Kim 2025 (15..45 of 50) and a step small against the posterior spread (unit-variance
 # components), so that it sharpens the measurement fit without collapsing the posterior.
 GMM_OPT_PRESET = Preset(
     overrides={
@@ -95,7 +95,7 @@ GMM_OPT_PRESET = Preset(
     },
     backbone="latent",
     task="matrix",
-    source="gmm/latent_hmc of DAPS, the window at seed 000's fractions (docs/gmm_benchmark.md)",
+    source="gmm/latent_hmc of DAPS, the window at Kim 2025's fractions (docs/gmm_benchmark.md)",
 )
 
 

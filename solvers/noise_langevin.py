@@ -1,8 +1,8 @@
-"""Noise-space Langevin posterior sampling with a deterministic generator (seed 002).
+"""Noise-space Langevin posterior sampling with a deterministic generator (Purohit et al. 2024).
 
-Seed 002 ("Posterior sampling via Langevin dynamics based on generative priors"; reference
-code CPS_Diverse; docs/solvers/noise_langevin.md): with a deterministic noise-to-data map G
-(a consistency model, or any deterministic ODE sampler), sample the noise z from
+Purohit et al. 2024 ("Posterior sampling via Langevin dynamics based on generative priors";
+reference code CPS_Diverse; docs/solvers/noise_langevin.md): with a deterministic noise-to-data
+map G (a consistency model, or any deterministic ODE sampler), sample the noise z from
 
     p(z | y) ∝ N(z; 0, I) exp(-L(z)),   L(z) = ||y - A(G(z))||^2 / (2 sigma_c^2)
 
@@ -60,19 +60,19 @@ ADAM_EPS = 1e-8
 class NoiseLangevinConfig(SolverConfig):
     """Hyperparameters of noise-space Langevin sampling."""
 
-    warm_steps: int = hyper(500, 0, 10000, source="seed 002 App. B.1: 400-800 Adam steps")
-    warm_lr: float = hyper(5e-3, 1e-5, 1.0, log=True, source="seed 002 App. B.1: Adam lr 5e-3")
+    warm_steps: int = hyper(500, 0, 10000, source="paper App. B.1: 400-800 Adam steps")
+    warm_lr: float = hyper(5e-3, 1e-5, 1.0, log=True, source="paper App. B.1: Adam lr 5e-3")
     langevin_steps: int = hyper(
-        50, 1, 100000, log=True, source="seed 002 Tables A.1-A.3: 10-50 Euler-Maruyama steps"
+        50, 1, 100000, log=True, source="paper Tables A.1-A.3: 10-50 Euler-Maruyama steps"
     )
     step_size: float = hyper(
-        1.5e-4, 1e-8, 1.0, log=True, source="seed 002 Tables A.1-A.3: h from 1e-6 to 1.5e-4"
+        1.5e-4, 1e-8, 1.0, log=True, source="paper Tables A.1-A.3: h from 1e-6 to 1.5e-4"
     )
     sigma_c: float = hyper(
-        0.0, 0.0, 100.0, source="0: the operator's sigma; seed 002 uses sigma_c = sigma_y = 0.1"
+        0.0, 0.0, 100.0, source="0: the operator's sigma; the paper uses sigma_c = sigma_y = 0.1"
     )
     integrator: str = choice(
-        "euler_maruyama", INTEGRATORS, source="seed 002 eq. 11 (EM); App. C (exponential)"
+        "euler_maruyama", INTEGRATORS, source="paper eq. 11 (EM); App. C (exponential)"
     )
     keep: int = hyper(0, 0, 100000, source="chain iterates kept per particle; 0 keeps all")
     thin: int = hyper(1, 1, 10000, source="keep every thin-th Langevin iterate")
@@ -88,15 +88,15 @@ class NoiseLangevinConfig(SolverConfig):
     )
 
 
-# Presets (seed 002, LSUN-Bedroom 256 with a 1-step consistency model, sigma_y = sigma_c = 0.1;
-# docs/solvers/noise_langevin.md): Adam steps / EM steps / h. "gmm": the MCGdiff benchmark
+# Presets (Purohit et al. 2024, LSUN-Bedroom 256, 1-step consistency model, sigma_y = sigma_c =
+# 0.1; docs/solvers/noise_langevin.md): Adam steps / EM steps / h. "gmm": the MCGdiff benchmark
 # (docs/gmm_benchmark.md), the best of a small sweep (warm 0-400 steps, lr 5e-3 to 5e-2, h 3e-5
 # to 1e-3, 10-300 Langevin steps) on instances (8, 2, 0/1), (8, 4, 0), (80, 4, 1), (80, 1, 0); a
 # stronger Adam warm start mattered most, since Langevin steps rarely cross between the
 # generator's mode basins. Its step 1e-5: 1e-4 diverged on 3 of 120 benchmark instances (sigma_y
 # about 0.004, so the likelihood's curvature ||A J||^2 / sigma_y^2 is about 5e4) and 3e-5 / 1e-5
 # scored 31.9 / 29.6 x the floor against 41.8 on 18 instances (d in {8, 80}).
-_SEED_TABLES = "seed 002 Tables A.1-A.3 (LSUN-Bedroom 256, consistency model)"
+_SEED_TABLES = "Purohit et al. 2024 Tables A.1-A.3 (LSUN-Bedroom 256, consistency model)"
 _CM_ROWS = {  # name: (task, warm_steps, langevin_steps, step_size)
     "cm/super_resolution_x4": ("super_resolution", 500, 50, 1.5e-4),
     "cm/super_resolution_x8": ("super_resolution", 800, 10, 1e-5),

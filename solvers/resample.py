@@ -1,4 +1,4 @@
-"""ReSample: hard data consistency with stochastic resampling (Song et al., ICLR 2024; seed 003).
+"""ReSample: hard data consistency with stochastic resampling (Song et al., ICLR 2024).
 
 Follows the paper and its reference code (docs/solvers/resample.md). The state
 ``x`` is the VP-form variable z_t = sqrt(ab_t) (z0 + sigma_t n) of the prior's sampling space

@@ -1,4 +1,4 @@
-"""C-DPS (seed 004): the Gaussian reverse step against dense closed forms, contract, GMM bench."""
+"""C-DPS (Mohajer Hamidi et al. 2025): reverse step vs dense closed forms, contract, GMM bench."""
 
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ OUTSIDE = re.compile(
             r"\.\./" + r"shared",
             r"\bshared/(?:reference|seeds)",
             r"\bseeds" + r"/",
+            r"(?i:\bseed\s+00\d\b)",  # the numbered seed documents
         ]
     )
 )
