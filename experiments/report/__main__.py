@@ -1,0 +1,5 @@
+"""``python -m experiments.report OUTPUT``: the same as ``dipswarm report OUTPUT``."""
+
+from experiments.report.cli import main
+
+main()
