@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "ensemble_scaling": "experiments.benchmarks.ensemble_scaling",
     "tracking_overhead": "experiments.benchmarks.tracking_overhead",
     "search": "experiments.benchmarks.search",
+    "image_batches": "experiments.benchmarks.image_batches",
 }
 
 
