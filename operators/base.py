@@ -3,6 +3,11 @@
 Every forward model is a ``torch.nn.Module`` built for one input shape. Random parts (masks,
 kernels) are drawn once at construction from an explicit generator or seed and stored as
 buffers, so ``state_dict`` restores them exactly. Batch items never interact.
+
+A batch may hold the rows of several problems (images) whose random parts differ:
+``operators.stack_rows`` makes one operator whose rows each use their own problem's operator
+(``row_count`` rows exactly); ``take_rows`` restricts it to some rows and ``row_groups`` lists
+which operator serves which rows. A plain operator serves every row of any batch the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class Operator(nn.Module):
     is_linear: bool = False
     # (registered name, build parameters), set by ``operators.build``; None when built directly
     build_spec: tuple[str, dict[str, Any]] | None = None
+    # the exact batch size of an operator whose rows belong to different problems; None: any
+    row_count: int | None = None
 
     def __init__(self, input_shape: Sequence[int], sigma: float = 0.05) -> None:
         super().__init__()
@@ -77,6 +84,15 @@ class Operator(nn.Module):
         return -self.loss(x, y) / (2 * self.sigma**2) - 0.5 * m * math.log(
             2 * math.pi * self.sigma**2
         )
+
+    # -- rows of several problems ----------------------------------------------------------------
+    def take_rows(self, index: Sequence[int] | torch.Tensor) -> Operator:
+        """The operator of the rows ``index`` of a batch; a plain operator serves every row."""
+        return self
+
+    def row_groups(self) -> list[tuple[Operator, torch.Tensor | None]]:
+        """(operator, row indices) per problem of the batch; ``None`` stands for every row."""
+        return [(self, None)]
 
     # -- validation ---------------------------------------------------------------------------
     def check_input(self, x: torch.Tensor) -> None:

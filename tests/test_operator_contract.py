@@ -252,3 +252,101 @@ def test_log_likelihood_needs_positive_sigma():
     torch.testing.assert_close(op.measure(x, torch.Generator().manual_seed(0)), x)
     with pytest.raises(OperatorInputError, match="sigma > 0"):
         op.log_likelihood(x, x)
+
+
+# -- rows of several problems (operators.stack_rows) -------------------------------------------
+COUNTS = (2, 1, 3)  # rows of each of the three problems
+
+
+def _problem_operators(name: str, first_seed: int = 0) -> list[operators.Operator]:
+    """Three operators of one kind whose random parts differ (seeded kinds), or three copies."""
+    if name == "matrix":
+        gen = torch.Generator().manual_seed(first_seed)
+        return [build_small(name, A=torch.randn(5, 12, generator=gen)) for _ in COUNTS]
+    if name in SEEDED:
+        return [build_small(name, seed=first_seed + p) for p in range(len(COUNTS))]
+    return [build_small(name) for _ in COUNTS]
+
+
+def _per_problem(ops: list[operators.Operator], method: str, *tensors: torch.Tensor):
+    """Each problem's operator on its own rows (the COUNTS layout), rows concatenated."""
+    parts = zip(*(t.split(list(COUNTS)) for t in tensors), strict=True)
+    return torch.cat([getattr(op, method)(*part) for op, part in zip(ops, parts, strict=True)])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_stacked_rows_equal_each_problems_operator(name):
+    ops = _problem_operators(name)
+    stacked = operators.stack_rows(ops, COUNTS)
+    rows = sum(COUNTS)
+    assert stacked.row_count == rows and stacked.name == name
+    assert stacked.is_linear == ops[0].is_linear
+    assert stacked.input_shape == ops[0].input_shape
+    assert stacked.output_shape == ops[0].output_shape
+    x = random_input(stacked, batch=rows, seed=5)
+    assert torch.equal(stacked(x), _per_problem(ops, "forward", x))
+    gen = torch.Generator().manual_seed(6)
+    v = torch.randn(rows, *stacked.output_shape, generator=gen, dtype=torch.float64)
+    assert torch.equal(stacked.loss(x, v), _per_problem(ops, "loss", x, v))
+    if stacked.is_linear:
+        assert torch.equal(stacked.adjoint(v), _per_problem(ops, "adjoint", v))
+    # measuring the rows = each problem measuring its rows in turn from the same generator
+    measured = stacked.measure(x, torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(7)
+    parts = zip(ops, x.split(list(COUNTS)), strict=True)
+    assert torch.equal(measured, torch.cat([op.measure(part, gen) for op, part in parts]))
+    if name in SEEDED or name == "matrix":  # the problems' random parts do differ
+        assert not torch.equal(stacked(x)[:2], ops[1](x[:2]))
+
+
+@pytest.mark.parametrize("name", ["inpaint_random", "matrix"])
+def test_take_rows_restricts_the_stack(name):
+    ops = _problem_operators(name)
+    stacked = operators.stack_rows(ops, COUNTS)  # rows: problem 0, 0, 1, 2, 2, 2
+    x = random_input(stacked, batch=sum(COUNTS), seed=1)
+    index = [5, 0, 2, 0]
+    sub = stacked.take_rows(index)
+    assert sub.row_count == 4
+    # a problem's sub-batch has another size here, which a matmul may round differently
+    close = {"rtol": 1e-12, "atol": 1e-12}
+    torch.testing.assert_close(sub(x[index]), stacked(x)[index], **close)
+    mask = torch.tensor([False, False, True, True, False, True])
+    torch.testing.assert_close(stacked.take_rows(mask)(x[mask]), stacked(x)[mask], **close)
+    assert stacked.take_rows([3, 5]) is ops[2]  # rows of one problem: its own operator
+    assert stacked.take_rows(torch.tensor([1])) is ops[0]
+    groups = stacked.row_groups()
+    assert [part for part, _ in groups] == ops
+    assert [rows.tolist() for _, rows in groups] == [[0, 1], [2], [3, 4, 5]]
+    plain = ops[0]
+    assert plain.take_rows([4, 1]) is plain and plain.row_groups() == [(plain, None)]
+    assert plain.row_count is None
+    with pytest.raises(OperatorInputError, match="exactly 4 rows"):
+        sub(x)
+
+
+@pytest.mark.parametrize("name", ["inpaint_random", "motion_blur", "matrix"])
+def test_stacked_state_dict_round_trip(name):
+    ops, others = _problem_operators(name, 0), _problem_operators(name, 10)
+    stacked = operators.stack_rows(ops, COUNTS)
+    other = operators.stack_rows(others, COUNTS)
+    x = random_input(stacked, batch=sum(COUNTS))
+    assert not torch.equal(other(x), stacked(x))
+    other.load_state_dict(stacked.state_dict())
+    torch.testing.assert_close(other(x), stacked(x), rtol=0, atol=0)
+    keys = {f"parts.{p}.{key}" for p in range(len(ops)) for key in ops[0].state_dict()}
+    assert set(stacked.state_dict()) == keys
+
+
+def test_stack_rows_refuses_problems_that_do_not_fit():
+    op = build_small("inpaint_random")
+    assert operators.stack_rows([op, op, op], 2) is op  # one operator for every problem
+    with pytest.raises(OperatorInputError, match="same name, shapes and sigma"):
+        operators.stack_rows([op, build_small("inpaint_random", sigma=0.1)], 2)
+    with pytest.raises(OperatorInputError, match="same name, shapes and sigma"):
+        operators.stack_rows([op, build_small("inpaint_box")], 2)
+    with pytest.raises(OperatorInputError, match="one per operator"):
+        operators.stack_rows([op, build_small("inpaint_random", seed=1)], [2, 2, 2])
+    with pytest.raises(OperatorInputError, match="positive count"):
+        operators.stack_rows([op, build_small("inpaint_random", seed=1)], 0)
+    with pytest.raises(OperatorInputError, match="at least one operator"):
+        operators.stack_rows([], 2)
