@@ -5,15 +5,22 @@ between steps: ``init`` -> ``step`` x ``num_steps`` -> ``result``. ``sample`` ru
 Particle i draws its randomness from its own generator seeded by (seed, i), so samples do not
 depend on how particles are batched or split over workers.
 
+A batch may hold the rows of several problems (images): ``init`` then takes one measurement per
+row, one seed per row, and an operator from ``operators.stack_rows`` whose rows use their own
+problem's operator. Row r is seeded by (seeds[r], indices[r]), so a row gets the same random
+stream and, up to the round-off of batched kernels, the same sample in any batch.
+
 ``Solver.step`` is a template: it checks the call, hands only the running particles
-(``Rows``: their x, x0, generators, force rows, extra rows and y) to the solver's one update
-``_update(rows, k) -> Update``, writes the result back into the full state and stops the
-particles whose new values are non-finite. Stopped and pruned particles cost nothing.
+(``Rows``: their x, x0, generators, force rows, extra rows, measurement and operator) to the
+solver's one update ``_update(rows, k) -> Update``, writes the result back into the full state
+and stops the particles whose new values are non-finite. Stopped and pruned particles cost
+nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,9 +53,36 @@ def particle_seed(seed: int, index: int) -> int:
     return mixed ^ (mixed >> 31)
 
 
-def particle_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per particle index."""
-    return [torch.Generator().manual_seed(particle_seed(seed, i)) for i in indices]
+def particle_generators(seed: int | Sequence[int], indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per particle index, seeded by one run seed or by one seed per row."""
+    seeds = [seed] * len(indices) if isinstance(seed, numbers.Integral) else seed
+    return [
+        torch.Generator().manual_seed(particle_seed(s, i))
+        for s, i in zip(seeds, indices, strict=True)
+    ]
+
+
+def measurement_rows(y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The measurement of the batch rows ``index``: ``y`` itself when one measurement (one row)
+    serves every row, else its rows ``index``."""
+    return y if y.shape[0] == 1 else y[index.to(y.device)]
+
+
+def per_row(
+    operator: Operator, values: dict[Operator, float], like: torch.Tensor
+) -> float | torch.Tensor:
+    """A per-problem number for the rows of ``operator``: ``values[part]`` for each problem's
+    operator (``Operator.row_groups``); one float when every row shares it, else a (rows,)
+    tensor of ``like``'s dtype and device."""
+    groups = operator.row_groups()
+    numbers = [values[part] for part, _ in groups]
+    if all(v == numbers[0] for v in numbers):
+        return numbers[0]
+    out = like.new_empty(like.shape[0])
+    for (_, rows), value in zip(groups, numbers, strict=True):
+        assert rows is not None  # several problems: each group names its rows
+        out[rows.to(out.device)] = value
+    return out
 
 
 def particle_randn(generators: Sequence[torch.Generator], like: torch.Tensor) -> torch.Tensor:
@@ -64,7 +98,9 @@ class State:
 
     ``x``: the sampling-space state; ``x0``: the current clean estimate in image space;
     ``status``: per-particle status codes; ``extra``: solver-specific per-particle tensors;
-    ``generators``: per-particle random generators; ``seeds``/``indices`` identify particles.
+    ``generators``: per-particle random generators; ``indices`` identify particles.
+    ``y``: one measurement for every row (leading size 1) or one per row; ``operator``: the
+    operator of these rows (set by ``init``; None: the solver's), per row for several problems.
     """
 
     x: torch.Tensor
@@ -74,6 +110,7 @@ class State:
     status: torch.Tensor
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     y: torch.Tensor | None = None
+    operator: Operator | None = None
 
     @property
     def n(self) -> int:
@@ -84,6 +121,7 @@ class State:
 
         Tensors are copied and generator states cloned, so a repeated index yields identical
         copies with identical random streams: ``reseed`` the duplicates to let them diverge.
+        Per-row measurements and operators go with their rows.
         """
         index = torch.as_tensor(list(map(int, indices)), dtype=torch.long)
         generators = []
@@ -98,7 +136,8 @@ class State:
             indices=[self.indices[i] for i in index.tolist()],
             status=self.status[index].clone(),
             extra={k: v[index].clone() for k, v in self.extra.items()},
-            y=self.y,
+            y=None if self.y is None else measurement_rows(self.y, index),
+            operator=None if self.operator is None else self.operator.take_rows(index),
         )
 
     def reseed(self, positions: Sequence[int], seeds: Sequence[int]) -> None:
@@ -122,7 +161,9 @@ class Rows:
     """The running particles of one step, as ``Solver.step`` hands them to ``_update``.
 
     ``x``, ``x0``, ``extra``: their rows of the state; ``generators``: their random streams;
-    ``force``: their rows of the step's extra drift (None without one); ``y``: the measurement.
+    ``force``: their rows of the step's extra drift (None without one); ``y``: their
+    measurement (one row shared by all, or one per row); ``operator``: their operator, which
+    ``_update`` uses instead of ``self.operator`` (rows of several problems may differ).
     """
 
     x: torch.Tensor
@@ -131,6 +172,7 @@ class Rows:
     force: torch.Tensor | None
     extra: dict[str, torch.Tensor]
     y: torch.Tensor
+    operator: Operator
 
 
 @dataclass
@@ -204,16 +246,40 @@ class Solver:
         operator: Operator,
         y: torch.Tensor,
         n: int = 1,
-        seed: int | torch.Generator = 0,
+        seed: int | torch.Generator | Sequence[int] = 0,
         indices: Sequence[int] | None = None,
     ) -> State:
-        """Start ``n`` particles (or those of ``indices``) for measurement ``y``."""
+        """Start ``n`` particles (or the R = len(indices) particles ``indices``).
+
+        ``y``: one measurement, ``(1, *output_shape)`` or ``output_shape``, for every row, or one
+        per row, ``(R, *output_shape)``. ``seed``: the run seed, or one seed per row. Row r draws
+        from a generator seeded by ``particle_seed(seed_r, indices[r])``. ``operator`` acts
+        row-wise; ``operators.stack_rows`` gives each problem's rows their own operator.
+        """
         self.check_problem(prior, operator, y)
-        seed = _as_seed(seed)
-        indices = list(range(n)) if indices is None else list(indices)
-        self.prior, self.operator = prior, operator
+        indices = list(range(n)) if indices is None else [int(i) for i in indices]
+        rows = len(indices)
+        if rows < 1:
+            raise SolverInputError(f"{self.name}: init needs at least one particle (n >= 1)")
+        seeds = _row_seeds(seed, rows, self.name)
         y = y if y.dim() == len(operator.output_shape) + 1 else y.unsqueeze(0)
-        return self._init(particle_generators(seed, indices), indices, y)
+        if y.shape[0] not in (1, rows):
+            raise SolverInputError(
+                f"{self.name}: y holds {y.shape[0]} measurements for {rows} rows; pass one "
+                f"measurement for every row or one per row, shape ({rows}, "
+                f"{', '.join(map(str, operator.output_shape))})"
+            )
+        if operator.row_count is not None and operator.row_count != rows:
+            raise SolverInputError(
+                f"{self.name}: the operator serves {operator.row_count} rows (stack_rows) but "
+                f"init starts {rows}; stack it with the rows of this batch"
+            )
+        if operator.row_count is not None and y.shape[0] == 1:
+            y = y.expand(rows, *y.shape[1:]).clone()  # the rows' operators need a y per row
+        self.prior, self.operator = prior, operator
+        state = self._init(particle_generators(seeds, indices), indices, y)
+        state.operator = operator
+        return state
 
     def _init(
         self, generators: list[torch.Generator], indices: list[int], y: torch.Tensor
@@ -233,8 +299,11 @@ class Solver:
         if rows.numel() == 0:
             return state
         assert state.y is not None
+        operator = state.operator if state.operator is not None else self.operator
         if rows.numel() == state.n:  # every particle runs: no copies
-            batch = Rows(state.x, state.x0, state.generators, force, dict(state.extra), state.y)
+            batch = Rows(
+                state.x, state.x0, state.generators, force, dict(state.extra), state.y, operator
+            )
         else:
             at = rows.to(state.x.device)
             batch = Rows(
@@ -243,7 +312,8 @@ class Solver:
                 generators=[state.generators[i] for i in rows.tolist()],
                 force=None if force is None else force[at.to(force.device)],
                 extra={key: value[at] for key, value in state.extra.items()},
-                y=state.y,
+                y=measurement_rows(state.y, at),
+                operator=operator.take_rows(rows),
             )
         update = self._update(batch, k)
         failed = ~finite_rows(update.x) | ~finite_rows(update.x0)
@@ -317,11 +387,12 @@ class Solver:
         return 0.0
 
     def measurement_loss(self, state: State) -> torch.Tensor:
-        """||A(x0) - y||^2 per particle (inf for stopped particles)."""
-        assert self.operator is not None and state.y is not None
+        """||A(x0) - y||^2 per particle with its own y and operator (inf for stopped ones)."""
+        operator = state.operator if state.operator is not None else self.operator
+        assert operator is not None and state.y is not None
         with torch.no_grad():
             safe = torch.where(state.active.view(-1, *([1] * (state.x0.dim() - 1))), state.x0, 0.0)
-            loss = self.operator.loss(safe, state.y)
+            loss = operator.loss(safe, state.y)
         return torch.where(state.active, loss, torch.full_like(loss, float("inf")))
 
     def check_problem(self, prior: Prior, operator: Operator, y: torch.Tensor) -> None:
@@ -336,13 +407,15 @@ class Solver:
             raise SolverInputError(f"{self.name} needs a linear operator; {operator.name} is not")
         if not isinstance(y, torch.Tensor) or not y.is_floating_point():
             raise SolverInputError("y must be a floating-point tensor")
-        if tuple(y.shape) != operator.output_shape and tuple(y.shape) != (
-            1,
-            *operator.output_shape,
+        if tuple(y.shape) != operator.output_shape and (
+            y.dim() != len(operator.output_shape) + 1
+            or tuple(y.shape[1:]) != operator.output_shape
+            or y.shape[0] < 1
         ):
             raise SolverInputError(
                 f"y has shape {tuple(y.shape)}; {operator.name} measures {operator.output_shape} "
-                "(one measurement, optionally with a leading batch dimension of 1)"
+                "(one measurement, optionally with a leading batch dimension of 1, or one "
+                "measurement per row: (rows, *output_shape))"
             )
         if not bool(torch.isfinite(y).all()):
             raise SolverInputError("y contains NaN or infinite values")
@@ -352,7 +425,22 @@ class Solver:
                 raise SolverInputError(f"{self.name}: {problem}")
 
 
-def _as_seed(seed: int | torch.Generator) -> int:
+def _row_seeds(seed: int | torch.Generator | Sequence[int], rows: int, name: str) -> list[int]:
+    """One run seed per row: a generator draws one seed for all rows; a sequence gives one each."""
     if isinstance(seed, torch.Generator):
-        return int(torch.randint(0, 2**62, (1,), generator=seed).item())
-    return int(seed)
+        return [int(torch.randint(0, 2**62, (1,), generator=seed).item())] * rows
+    if isinstance(seed, torch.Tensor) and seed.dim() == 0:
+        seed = int(seed)
+    if isinstance(seed, Sequence | torch.Tensor) and not isinstance(seed, str):
+        seeds = [int(s) for s in seed]
+        if len(seeds) != rows:
+            raise SolverInputError(
+                f"{name}: seed lists {len(seeds)} seeds for {rows} rows; give one seed per row "
+                "(the seed of the row's problem) or one int for all"
+            )
+        return seeds
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise SolverInputError(
+            f"{name}: seed must be an int, a torch.Generator or one int per row, got {seed!r}"
+        )
+    return [int(seed)] * rows

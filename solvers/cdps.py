@@ -39,6 +39,10 @@ then enters only through b, and the null space of A is not denoised (its varianc
 right-hand side, so the mean moves by Lambda^-1 force (about beta / (1 - beta) force).
 ``state.x0`` is the Tweedie estimate D at the step's input level, and the sample x_0 itself
 after the last step.
+
+A batch holding several problems (``operators.stack_rows``) gives each row its own y, A and,
+with ``chain_noise_units="operator_norm"``, its own rho = chain_noise ||A_row|| (one power
+iteration per problem at ``init``); Sigma is then a per-row number.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ import torch
 
 from operators import LinearOperator, Operator
 from operators.linalg import cg, largest_eigenvalue
-from solvers.base import Rows, SolverInputError, State, Update, particle_randn
+from solvers.base import Rows, SolverInputError, State, Update, particle_randn, per_row
 from solvers.config import SolverConfig, choice, hyper
 from solvers.preset import Preset
 from solvers.priors.base import Prior
@@ -132,6 +136,10 @@ class CDPS(VPGridSolver):
     linear_only: ClassVar[bool] = True
     config: CDPSConfig
 
+    def __init__(self, config: SolverConfig | None = None) -> None:
+        super().__init__(config)
+        self._chain_std: dict[Operator, float] = {}  # rho per problem's operator, set by init
+
     def beta(self, s: int) -> float:
         """beta_s = 1 - ab_s / ab_{s-1} of the step from level s to s - 1."""
         return 1.0 - float(self.levels[s]) / float(self.levels[s - 1])
@@ -140,16 +148,18 @@ class CDPS(VPGridSolver):
         self, generators: list[torch.Generator], indices: list[int], y: torch.Tensor
     ) -> State:
         prior = self.prior
-        assert prior is not None
+        operator = self.operator
+        assert prior is not None and operator is not None
         self.levels = ddpm_levels(prior, self.config, self.config.steps)
-        self.chain_std = self.chain_noise_std()
+        self._chain_std = {part: self.chain_noise_std(part) for part, _ in operator.row_groups()}
         like = torch.empty(len(indices), *prior.shape, dtype=prior.dtype, device=prior.device)
         x = particle_randn(generators, like)
         y = y.to(device=x.device, dtype=x.dtype)
         ab = float(self.levels[-1])
         y_like = y.expand(len(indices), *y.shape[1:])
         noise = particle_randn(generators, y_like)
-        y_top = math.sqrt(ab) * y_like + math.sqrt(1 - ab) * self.chain_std * noise
+        rho = self._rho(operator, y_like)
+        y_top = math.sqrt(ab) * y_like + math.sqrt(1 - ab) * rho * noise
         return State(
             x=x,
             x0=torch.zeros_like(x),
@@ -169,6 +179,7 @@ class CDPS(VPGridSolver):
             self.config.steps - k,
             rows.generators,
             rows.force,
+            rows.operator,
         )
         return Update(x_new, x0, {"y_t": y_prev})
 
@@ -180,36 +191,57 @@ class CDPS(VPGridSolver):
         s: int,
         gens: list[torch.Generator],
         force: torch.Tensor | None = None,
+        operator: Operator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_{s-1}, clean estimate, y_{s-1}) for particles ``x`` at level ``s``."""
+        """(x_{s-1}, clean estimate, y_{s-1}) for particles ``x`` at level ``s``; ``operator``:
+        theirs (default: the run's)."""
         with torch.no_grad():
-            y_prev = self.bridge(y_s, y, s, gens)
-            mu, denoised, broken = self.transition_mean(x, y_prev, s, force)
-            x_new = mu + self.transition_noise(x, s, gens)
+            y_prev = self.bridge(y_s, y, s, gens, operator)
+            mu, denoised, broken = self.transition_mean(x, y_prev, s, force, operator)
+            x_new = mu + self.transition_noise(x, s, gens, operator)
             x0 = x_new / math.sqrt(float(self.levels[s - 1])) if s == 1 else denoised
         rows = broken.view(-1, *([1] * (x.dim() - 1)))
         x_new = torch.where(rows, math.nan, x_new)
         return x_new, torch.where(rows, math.nan, x0), y_prev
 
-    def _precision(self, s: int) -> tuple[float, float]:
-        """(c, Sigma) of the step from level s: Lambda = c I + A^T A / Sigma."""
-        assert self.operator is not None
-        ab, beta = float(self.levels[s - 1]), self.beta(s)
-        noise = max(self.operator.sigma, self.config.min_noise)
-        return (1 - beta) / beta, ab * noise**2 + (1 - ab) * self.chain_std**2
+    @property
+    def chain_std(self) -> float:
+        """rho of the run, whose problems must share one (after ``init``)."""
+        values = set(self._chain_std.values())
+        if len(values) != 1:
+            raise SolverInputError(
+                f"{self.name}: the run's problems have {len(values)} chain noise levels; "
+                "use chain_noise_std(operator) for one of them"
+            )
+        return values.pop()
 
-    def chain_noise_std(self) -> float:
-        """rho, the std of the measurement chain's increments (power iteration for ||A||)."""
-        op, prior, config = self.operator, self.prior, self.config
+    def _rho(self, operator: Operator, like: torch.Tensor) -> float | torch.Tensor:
+        """rho of the rows of ``operator``: a float, or per row shaped to broadcast on ``like``."""
+        rho = per_row(operator, self._chain_std, like)
+        return rho if isinstance(rho, float) else rho.view(-1, *([1] * (like.dim() - 1)))
+
+    def _precision(
+        self, s: int, operator: Operator, like: torch.Tensor
+    ) -> tuple[float, float | torch.Tensor]:
+        """(c, Sigma) of the step from level s: Lambda = c I + A^T A / Sigma (Sigma per row of
+        ``like`` when the rows' problems differ in rho)."""
+        ab, beta = float(self.levels[s - 1]), self.beta(s)
+        noise = max(operator.sigma, self.config.min_noise)
+        return (1 - beta) / beta, ab * noise**2 + (1 - ab) * self._rho(operator, like) ** 2
+
+    def chain_noise_std(self, operator: Operator | None = None) -> float:
+        """rho, the std of the measurement chain's increments of one problem's ``operator``
+        (default: the run's), by power iteration for ||A||."""
+        op, prior, config = self.operator if operator is None else operator, self.prior, self.config
         assert isinstance(op, LinearOperator) and prior is not None
         if config.chain_noise_units == "absolute":
             return config.chain_noise
         like = torch.empty(1, *prior.shape, dtype=prior.dtype, device=prior.device)
         return config.chain_noise * math.sqrt(largest_eigenvalue(op.normal, like))
 
-    def _solve(self, rhs: torch.Tensor, s: int) -> torch.Tensor:
+    def _solve(self, rhs: torch.Tensor, s: int, op: Operator) -> torch.Tensor:
         """Lambda^-1 rhs by CG, started at rhs / c (exact on the null space of A)."""
-        op, (c, sigma) = self.operator, self._precision(s)
+        c, sigma = self._precision(s, op, rhs)
         assert isinstance(op, LinearOperator)
 
         def precision(v: torch.Tensor) -> torch.Tensor:
@@ -218,13 +250,18 @@ class CDPS(VPGridSolver):
         return cg(precision, rhs, x0=rhs / c, tol=self.config.cg_tol, max_iter=self.config.cg_iters)
 
     def transition_mean(
-        self, x: torch.Tensor, y_prev: torch.Tensor, s: int, force: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        y_prev: torch.Tensor,
+        s: int,
+        force: torch.Tensor | None = None,
+        operator: Operator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mu, D(x_t), non-finite rows): Lambda mu = c x_t' + A^T (y_{s-1} - b) / Sigma + force."""
-        prior, op = self.prior, self.operator
+        prior, op = self.prior, self.operator if operator is None else operator
         assert prior is not None and isinstance(op, LinearOperator)
         ab_s, ab, beta = float(self.levels[s]), float(self.levels[s - 1]), self.beta(s)
-        c, sigma = self._precision(s)
+        c, sigma = self._precision(s, op, x)
         denoised = prior.denoise(x / math.sqrt(ab_s), level_sigma(prior, ab_s))
         broken = bad_rows(denoised)
         denoised = zero_rows(denoised, broken)
@@ -236,28 +273,40 @@ class CDPS(VPGridSolver):
         rhs = c * x_prime + op.adjoint(y_prev - (1 - ab) * op(score)) / sigma
         if force is not None:
             rhs = rhs + force
-        return self._solve(rhs, s), denoised, broken
+        return self._solve(rhs, s, op), denoised, broken
 
     def transition_noise(
-        self, like: torch.Tensor, s: int, gens: list[torch.Generator]
+        self,
+        like: torch.Tensor,
+        s: int,
+        gens: list[torch.Generator],
+        operator: Operator | None = None,
     ) -> torch.Tensor:
         """v ~ N(0, Lambda^-1) (PW-CG): solve Lambda v = sqrt(c) e1 + A^T e2 / sqrt(Sigma)."""
-        op, (c, sigma) = self.operator, self._precision(s)
+        op = self.operator if operator is None else operator
         assert isinstance(op, LinearOperator)
+        c, sigma = self._precision(s, op, like)
         e1 = particle_randn(gens, like)
         e2 = particle_randn(gens, torch.empty(like.shape[0], *op.output_shape, dtype=like.dtype))
-        z = math.sqrt(c) * e1 + op.adjoint(e2.to(like.device)) / math.sqrt(sigma)
-        return self._solve(z, s)
+        z = math.sqrt(c) * e1 + op.adjoint(e2.to(like.device)) / _sqrt(sigma)
+        return self._solve(z, s, op)
 
     def bridge(
-        self, y_s: torch.Tensor, y: torch.Tensor, s: int, gens: list[torch.Generator]
+        self,
+        y_s: torch.Tensor,
+        y: torch.Tensor,
+        s: int,
+        gens: list[torch.Generator],
+        operator: Operator | None = None,
     ) -> torch.Tensor:
         """y_{s-1} ~ q(y_{s-1} | y_s, y_0 = y), the DDPM posterior of the measurement chain."""
+        op = self.operator if operator is None else operator
+        assert op is not None
         ab_s, ab = float(self.levels[s]), float(self.levels[s - 1])
         beta = self.beta(s)
         mean = (math.sqrt(ab) * beta * y + math.sqrt(1 - beta) * (1 - ab) * y_s) / (1 - ab_s)
-        var = (1 - ab) * beta / (1 - ab_s) * self.chain_std**2
-        return mean + math.sqrt(var) * particle_randn(gens, y_s)
+        var = (1 - ab) * beta / (1 - ab_s) * self._rho(op, y_s) ** 2
+        return mean + _sqrt(var) * particle_randn(gens, y_s)
 
     def check_problem(self, prior: Prior, operator: Operator, y: torch.Tensor) -> None:
         super().check_problem(prior, operator, y)
@@ -265,3 +314,8 @@ class CDPS(VPGridSolver):
             raise SolverInputError(
                 f"cdps needs a LinearOperator (adjoint, normal); {operator.name} is not one"
             )
+
+
+def _sqrt(value: float | torch.Tensor) -> float | torch.Tensor:
+    """The square root of a number or of per-row numbers."""
+    return math.sqrt(value) if isinstance(value, float) else value.sqrt()

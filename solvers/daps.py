@@ -26,7 +26,9 @@ iteration, either way, it shifts x0_y and x_{i+1} by exactly eta * force (tests/
 Randomness: each particle draws from its own generator, per step and in this order, [the HMC
 velocity], the ``mcmc_steps`` MCMC noises, the renoising noise; ``step_size(i)`` gives eta_i.
 With ``lr_scaling="curvature"``, ||J||^2 is computed once in ``init`` at x = 0 (exact for affine
-data maps, e.g. linear operators with pixel priors or the GMM's linear decoder).
+data maps, e.g. linear operators with pixel priors or the GMM's linear decoder), per problem when
+the batch holds several (``operators.stack_rows``); rows whose problems differ in ||J||^2 run
+their MCMC in separate sub-batches, each with its own step size.
 
 Latent priors (LatentDAPS): the same loop in z, the data term through the decoder,
 grad_z ||A(decode(z)) - y||^2, clamped elementwise to [-c, c] (``latent_grad_clamp`` c = 1 as in
@@ -54,7 +56,15 @@ import torch
 
 from operators import Operator
 from operators.base import LinearOperator
-from solvers.base import Rows, Solver, SolverInputError, State, Update, particle_randn
+from solvers.base import (
+    Rows,
+    Solver,
+    SolverInputError,
+    State,
+    Update,
+    measurement_rows,
+    particle_randn,
+)
 from solvers.config import SolverConfig, SolverConfigError, choice, hyper
 from solvers.preset import SEED_TASKS as TASKS
 from solvers.preset import Preset
@@ -246,8 +256,10 @@ class DAPS(Solver):
             c.annealing_steps, c.sigma_max, c.sigma_min, c.rho, c.schedule
         )
         self._data_weight = 0.0
-        self._data_curvature = 0.0
-        self._adjoint_y: tuple[torch.Tensor, torch.Tensor] | None = None  # (y, A^T y)
+        # 2 w ||J||^2 per problem's operator (lr_scaling="curvature"), set by init
+        self._data_curvature: dict[Operator, float] = {}
+        # (y, operator, A^T y) of the last linear data gradient
+        self._adjoint_y: tuple[torch.Tensor, Operator, torch.Tensor] | None = None
 
     @property
     def num_steps(self) -> int:
@@ -257,12 +269,22 @@ class DAPS(Solver):
         """sigma_{k+1}: the noise level of ``state.x`` after step ``k``."""
         return self.sigmas[k + 1]
 
-    def step_size(self, k: int) -> float:
-        """The MCMC step size eta of annealing step ``k`` (after ``init``)."""
+    def step_size(self, k: int, curvature: float | None = None) -> float:
+        """The MCMC step size eta of annealing step ``k`` (after ``init``) for a problem whose
+        data term has curvature 2 w ||J||^2 = ``curvature`` (default: that of the run's problems,
+        which must share one)."""
         c = self.config
         eta = c.lr * (1 + k / (c.annealing_steps + 1) * (c.lr_min_ratio - 1))
         if c.lr_scaling == "curvature":
-            eta /= 1 / self.sigmas[k] ** 2 + self._data_curvature
+            if curvature is None:
+                values = set(self._data_curvature.values()) or {0.0}
+                if len(values) > 1:
+                    raise SolverInputError(
+                        f"{self.name}: the problems of this batch have different step sizes; "
+                        "pass the curvature of one problem"
+                    )
+                (curvature,) = values
+            eta /= 1 / self.sigmas[k] ** 2 + curvature
         return eta
 
     # -- setup -----------------------------------------------------------------------------------
@@ -302,9 +324,11 @@ class DAPS(Solver):
         self._data_weight = (
             1 / c.tau**2 if c.likelihood == "reference" else 1 / (2 * operator.sigma**2)
         )
-        self._data_curvature = (
-            2 * self._data_weight * self._jacobian_norm_sq() if c.lr_scaling == "curvature" else 0.0
-        )
+        self._data_curvature = {
+            part: 2 * self._data_weight * self._jacobian_norm_sq(part)
+            for part, _ in operator.row_groups()
+            if c.lr_scaling == "curvature"
+        }
         return State(
             x=x,
             x0=x.new_zeros((len(generators), *operator.input_shape)),
@@ -326,11 +350,9 @@ class DAPS(Solver):
             x0hat = self._ode(rows.x, sigma)
         bad = ~finite_rows(x0hat)
         x0hat = where_rows(bad, rows.x, x0hat)  # a finite stand-in for rows that failed
-        # One block of per-particle noise per step: [HMC velocity], MCMC noise, renoising noise.
-        noise = _noise_stream(rows.generators, x0hat, self._draws_per_step())
-        x0y, bad_mcmc = self._mcmc(rows.y, x0hat, k, rows.force, noise)
-        x0y, bad_refine = self._refine(rows.y, x0y, k)
-        x_next = x0y + sigma_next * next(noise)
+        x0y, renoise, bad_mcmc = self._posterior_draw(rows, x0hat, k)
+        x0y, bad_refine = self._refine(rows.operator, rows.y, x0y, k)
+        x_next = x0y + sigma_next * renoise
         with torch.no_grad():
             image = prior.decode(x0y) if prior.is_latent else x0y
         bad = bad | bad_mcmc | bad_refine | ~finite_rows(x_next) | ~finite_rows(image)
@@ -340,8 +362,66 @@ class DAPS(Solver):
             failed=bad,
         )
 
+    def _posterior_draw(
+        self, rows: Rows, x0hat: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x0_y, the renoising noise, rows that failed) of step ``k``: one MCMC batch per step
+        size (one batch unless the problems' curvatures differ)."""
+        groups = self._step_size_groups(rows.operator, k)
+        if len(groups) == 1:
+            eta = groups[0][0]
+            return self._chain(rows.operator, rows.y, x0hat, k, eta, rows.force, rows.generators)
+        x0y, renoise = torch.empty_like(x0hat), torch.empty_like(x0hat)
+        bad = torch.zeros(x0hat.shape[0], dtype=torch.bool, device=x0hat.device)
+        for eta, index in groups:
+            assert index is not None
+            at = index.to(x0hat.device)
+            x0y[at], renoise[at], bad[at] = self._chain(
+                rows.operator.take_rows(index),
+                measurement_rows(rows.y, at),
+                x0hat[at],
+                k,
+                eta,
+                None if rows.force is None else rows.force[at],
+                [rows.generators[i] for i in index.tolist()],
+            )
+        return x0y, renoise, bad
+
+    def _step_size_groups(
+        self, operator: Operator, k: int
+    ) -> list[tuple[float, torch.Tensor | None]]:
+        """(eta, rows) for each step size among the rows of ``operator`` (None: every row)."""
+        if self.config.lr_scaling != "curvature":
+            return [(self.step_size(k, 0.0), None)]
+        rows: dict[float, list[torch.Tensor | None]] = {}
+        for part, index in operator.row_groups():
+            rows.setdefault(self._data_curvature[part], []).append(index)
+        if len(rows) == 1:
+            return [(self.step_size(k, next(iter(rows))), None)]
+        return [
+            (self.step_size(k, value), torch.cat([i for i in index if i is not None]))
+            for value, index in rows.items()
+        ]
+
+    def _chain(
+        self,
+        operator: Operator,
+        y: torch.Tensor,
+        x0hat: torch.Tensor,
+        k: int,
+        eta: float,
+        force: torch.Tensor | None,
+        generators: list[torch.Generator],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x0_y, renoising noise, failed rows) of rows drawing from ``generators``, with step
+        size ``eta``."""
+        # One block of per-particle noise per step: [HMC velocity], MCMC noise, renoising noise.
+        noise = _noise_stream(generators, x0hat, self._draws_per_step())
+        x0y, bad = self._mcmc(operator, y, x0hat, k, eta, force, noise)
+        return x0y, next(noise), bad
+
     def _refine(
-        self, y: torch.Tensor, x0y: torch.Tensor, k: int
+        self, operator: Operator, y: torch.Tensor, x0y: torch.Tensor, k: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A hook between the MCMC and the renoising (DAPSOpt); DAPS keeps x0_y."""
         return x0y, torch.zeros(x0y.shape[0], dtype=torch.bool, device=x0y.device)
@@ -359,15 +439,17 @@ class DAPS(Solver):
 
     def _mcmc(
         self,
+        operator: Operator,
         y: torch.Tensor,
         x0hat: torch.Tensor,
         k: int,
+        eta: float,
         force: torch.Tensor | None,
         noise: Iterator[torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x0_y and the rows that turned non-finite (those rows hold x0_hat instead)."""
         c = self.config
-        eta, r2, weight = self.step_size(k), self.sigmas[k] ** 2, self._data_weight
+        r2, weight = self.sigmas[k] ** 2, self._data_weight
         root = math.sqrt(eta)
         # score(x) = anchor - x / r2 - weight * grad(x), anchor = x0_hat / r2 (+ force). With up
         # to 100 iterations per annealing step the per-iteration work is the solver's own
@@ -380,7 +462,7 @@ class DAPS(Solver):
         v = next(noise) if hmc else None  # ULA carries no velocity
         bad = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(c.mcmc_steps):
-            grad, bad_data = self._data_gradient(x, y)
+            grad, bad_data = self._data_gradient(operator, x, y)
             bad = bad | bad_data  # latent rows whose decoded image failed
             eps = next(noise)
             if v is not None:  # v' = m v + sqrt(eta) score(x) + sqrt(2 (1 - m)) eps
@@ -395,21 +477,22 @@ class DAPS(Solver):
         return where_rows(bad, x0hat, x), bad
 
     def _data_gradient(
-        self, x: torch.Tensor, y: torch.Tensor | None
+        self, operator: Operator, x: torch.Tensor, y: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """grad_x ||A(image(x)) - y||^2 per particle (clamped for latent priors), bad rows."""
-        prior, operator = self._problem()
+        prior, _ = self._problem()
         if not prior.is_latent and operator.is_linear:  # 2 A^T (A x - y), no autograd needed
             assert isinstance(operator, LinearOperator) and y is not None
-            if self._adjoint_y is None or self._adjoint_y[0] is not y:
+            cached = self._adjoint_y
+            if cached is None or cached[0] is not y or cached[1] is not operator:
                 with torch.no_grad():  # A^T y is the same at every MCMC iteration: once per run
-                    self._adjoint_y = (y, operator.adjoint(y))
+                    self._adjoint_y = cached = (y, operator, operator.adjoint(y))
             with torch.no_grad():
-                grad = 2 * (operator.normal(x) - self._adjoint_y[1])
+                grad = 2 * (operator.normal(x) - cached[2])
             return grad, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            loss, bad = self._measurement_error(xg, y)
+            loss, bad = self._measurement_error(operator, xg, y)
             (grad,) = torch.autograd.grad(loss.sum(), xg)
         clamp = self.config.latent_grad_clamp
         if prior.is_latent and clamp > 0:
@@ -417,11 +500,11 @@ class DAPS(Solver):
         return grad, bad
 
     def _measurement_error(
-        self, x: torch.Tensor, y: torch.Tensor | None
+        self, operator: Operator, x: torch.Tensor, y: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """||A(image(x)) - y||^2 per particle (differentiable) and the rows whose decoded image
         is non-finite (replaced by zeros so that the operator accepts the batch)."""
-        prior, operator = self._problem()
+        prior, _ = self._problem()
         assert y is not None
         image = prior.decode(x) if prior.is_latent else x
         bad = ~finite_rows(image.detach())
@@ -435,10 +518,11 @@ class DAPS(Solver):
             raise SolverInputError(f"{self.name}: call init(prior, operator, y, ...) before step")
         return self.prior, self.operator
 
-    def _jacobian_norm_sq(self) -> float:
-        """||J||^2 of the data map x -> A(image(x)) by power iteration on J^T J at x = 0 (exact
-        for affine maps; a local estimate otherwise). Deterministic: start vector seeded 0."""
-        prior, operator = self._problem()
+    def _jacobian_norm_sq(self, operator: Operator) -> float:
+        """||J||^2 of the data map x -> A(image(x)) of one problem's ``operator`` by power
+        iteration on J^T J at x = 0 (exact for affine maps; a local estimate otherwise).
+        Deterministic: start vector seeded 0."""
+        prior, _ = self._problem()
 
         def data_map(x: torch.Tensor) -> torch.Tensor:
             return operator(prior.decode(x) if prior.is_latent else x)

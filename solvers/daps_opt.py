@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from operators import Operator
 from solvers.config import SolverConfigError, choice, hyper
 from solvers.daps import (
     DAPS,
@@ -108,7 +109,7 @@ class DAPSOpt(DAPS):
     latent = True
 
     def _refine(
-        self, y: torch.Tensor, x0y: torch.Tensor, k: int
+        self, operator: Operator, y: torch.Tensor, x0y: torch.Tensor, k: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         assert isinstance(c, DAPSOptConfig)
@@ -121,7 +122,7 @@ class DAPSOpt(DAPS):
         for _ in range(c.opt_iterations):
             optimizer.zero_grad()
             with torch.enable_grad():
-                loss, bad_image = self._measurement_error(z, y)
+                loss, bad_image = self._measurement_error(operator, z, y)
                 loss.sum().backward()
             optimizer.step()
             with torch.no_grad():

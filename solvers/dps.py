@@ -21,8 +21,9 @@ Step k (s = sigma_k, s' = sigma_{k+1}), one denoiser call with gradient:
               + (s^2 - s'^2) force
 
 with xi ~ N(0, I) from the particle's own generator and ||r|| the norm of that particle's
-residual only (the reference code normalises by the norm over the whole batch, which couples
-the particles; here batch items never interact). ``step_rule = "constant"``: zeta_k = zeta, the
+residual only, with its own y and operator when the batch holds several problems (the reference
+code normalises by the norm over the whole batch, which couples the particles; here batch items
+never interact). ``step_rule = "constant"``: zeta_k = zeta, the
 ``scale`` of the reference code, i.e. the paper's zeta_i = zeta' / ||r|| on grad ||r||^2 with
 zeta' = zeta / 2. ``step_rule = "alpha_bar"``: zeta_k = zeta abar_k, abar_k = 1 / (1 + s^2)
 (ReSample's Latent-DPS choice, zeta = 0.5 for natural images).
@@ -50,7 +51,15 @@ from dataclasses import dataclass
 import torch
 
 from operators import Operator
-from solvers.base import Rows, Solver, SolverInputError, State, Update, particle_randn
+from solvers.base import (
+    Rows,
+    Solver,
+    SolverInputError,
+    State,
+    Update,
+    measurement_rows,
+    particle_randn,
+)
 from solvers.config import SolverConfigError, choice, hyper
 from solvers.preset import Preset
 from solvers.registry import register
@@ -235,8 +244,8 @@ class DPS(Solver):
 
     def _update(self, rows: Rows, k: int) -> Update:
         """One ancestral step with the DPS correction (module docstring)."""
-        prior, operator = self.prior, self.operator
-        assert prior is not None and operator is not None
+        prior = self.prior
+        assert prior is not None
         s, s_next = self.sigmas[k], self.sigmas[k + 1]
         cfg = self.config
         x = rows.x.detach()
@@ -244,7 +253,7 @@ class DPS(Solver):
             x_in = x.clone().requires_grad_(True)
             x0 = prior.denoise(x_in, s)
             image = self._image(x0)
-            grad_norm = _residual_norm_grad(operator, image, rows.y, x_in)
+            grad_norm = _residual_norm_grad(rows.operator, image, rows.y, x_in)
         with torch.no_grad():
             x0 = x0.detach()
             c = cfg.eta * s_next * math.sqrt(max(s**2 - s_next**2, 0.0)) / s
@@ -274,14 +283,16 @@ def _residual_norm_grad(
 ) -> torch.Tensor:
     """grad_x ||y - A(image_i)||_2 per particle; rows with a non-finite image get NaN.
 
-    The squared residuals are summed over particles, so each row of the gradient holds only its
+    ``y`` and ``operator`` are those of the batch's rows (per row for several problems). The
+    squared residuals are summed over particles, so each row of the gradient holds only its
     own particle's term; dividing J^T r by that particle's ||r|| gives the gradient of the norm
     (0 where r = 0).
     """
     ok = torch.isfinite(image.flatten(1)).all(1)
     if not bool(ok.any()):
         return torch.full_like(x, float("nan"))
-    residual = (operator(image[ok]) - y).flatten(1)
+    kept = ok.nonzero().flatten()
+    residual = (operator.take_rows(kept)(image[ok]) - measurement_rows(y, kept)).flatten(1)
     sq = residual.pow(2).sum(1)
     (grad,) = torch.autograd.grad(0.5 * sq.sum(), x)
     norm = torch.full((x.shape[0],), float("nan"), dtype=x.dtype, device=x.device)

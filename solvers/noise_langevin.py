@@ -43,7 +43,16 @@ from dataclasses import dataclass
 
 import torch
 
-from solvers.base import Rows, Solver, SolverInputError, State, Update, particle_randn
+from operators import Operator
+from solvers.base import (
+    Rows,
+    Solver,
+    SolverInputError,
+    State,
+    Update,
+    measurement_rows,
+    particle_randn,
+)
 from solvers.config import SolverConfig, choice, hyper
 from solvers.preset import Preset
 from solvers.priors import ode
@@ -165,7 +174,7 @@ class NoiseLangevin(Solver):
         y = y.to(device=device, dtype=dtype)
         like = torch.zeros(len(indices), *prior.shape, dtype=dtype, device=device)
         z = particle_randn(generators, like)
-        image, grad = self._evaluate(z, y)
+        image, grad = self._evaluate(z, y, operator)
         state = State(
             x=z,
             x0=image,
@@ -183,22 +192,26 @@ class NoiseLangevin(Solver):
         state.mark_nonfinite()
         return state
 
-    def _evaluate(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image G(z) (decoded) and grad_z ||y - A(image)||^2 per particle (one G call)."""
-        assert self.prior is not None and self.operator is not None and self.generate is not None
+    def _evaluate(
+        self, z: torch.Tensor, y: torch.Tensor, operator: Operator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image G(z) (decoded) and grad_z ||y - A(image)||^2 per particle (one G call), with
+        the rows' own measurement ``y`` and ``operator``."""
+        assert self.prior is not None and self.generate is not None
         with torch.enable_grad():
             z_in = z.detach().clone().requires_grad_(True)
             x = self.generate(z_in)
             image = self.prior.decode(x) if self.prior.is_latent else x
-            if tuple(image.shape[1:]) != self.operator.input_shape:
+            if tuple(image.shape[1:]) != operator.input_shape:
                 raise SolverInputError(
                     f"{self.name}: the prior's images have shape {tuple(image.shape[1:])} but "
-                    f"{self.operator.name} acts on {self.operator.input_shape}"
+                    f"{operator.name} acts on {operator.input_shape}"
                 )
             ok = torch.isfinite(image.flatten(1)).all(1)
             if not bool(ok.any()):
                 return image.detach(), torch.full_like(z, float("nan"))
-            residual = (self.operator(image[ok]) - y).flatten(1)
+            kept = ok.nonzero().flatten()
+            residual = (operator.take_rows(kept)(image[ok]) - measurement_rows(y, kept)).flatten(1)
             (grad,) = torch.autograd.grad(residual.pow(2).sum(), z_in)
         grad = torch.where(ok.view(-1, *([1] * (z.dim() - 1))), grad, float("nan"))
         return image.detach(), grad
@@ -229,7 +242,7 @@ class NoiseLangevin(Solver):
             else:
                 decay = math.exp(-h)
                 z_next = decay * z - math.expm1(-h) * drift + math.sqrt(-math.expm1(-2 * h)) * xi
-        image, extra["grad"] = self._evaluate(z_next, rows.y)
+        image, extra["grad"] = self._evaluate(z_next, rows.y, rows.operator)
         return Update(z_next, image, extra)
 
     def step(self, state: State, k: int, force: torch.Tensor | None = None) -> State:

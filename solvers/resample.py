@@ -27,7 +27,8 @@ event, and the final image after the last index.
 
 All optimisations run per particle: the loss is a sum of per-particle losses, and the AdamW
 here (``adamw_minimise``, same update as ``torch.optim.AdamW``) keeps per-element moments and a
-per-particle mask of stopped particles, so early stopping never couples particles.
+per-particle mask of stopped particles, so early stopping never couples particles. Each particle
+uses its own measurement and operator (``Rows``), so a batch may hold several problems.
 
 Reference quirks kept optional or not copied (documented, not silent): the reference's "Tweedie"
 estimate is (z_t - (1 - ab_t) eps_hat) / sqrt(ab_t) (``x0_estimate="reference"``; the default
@@ -45,7 +46,14 @@ from typing import ClassVar
 import torch
 
 from operators import LinearOperator, Operator
-from solvers.base import Rows, SolverInputError, State, Update, particle_randn
+from solvers.base import (
+    Rows,
+    SolverInputError,
+    State,
+    Update,
+    measurement_rows,
+    particle_randn,
+)
 from solvers.config import SolverConfig, SolverConfigError, choice, hyper
 from solvers.preset import Preset
 from solvers.priors.base import Prior
@@ -287,7 +295,9 @@ class ReSample(VPGridSolver):
     def _update(self, rows: Rows, k: int) -> Update:
         """DDIM index T-1-k: DDIM + DPS correction (+ hard consistency, resampling, final)."""
         index = self.config.steps - 1 - k
-        z, x0, broken = self._advance(rows.x, rows.y, index, rows.force, rows.generators)
+        z, x0, broken = self._advance(
+            rows.x, rows.y, index, rows.force, rows.generators, rows.operator
+        )
         z = torch.where(broken.view(-1, *([1] * (z.dim() - 1))), math.nan, z)
         x0 = torch.where(broken.view(-1, *([1] * (x0.dim() - 1))), math.nan, x0)
         return Update(z, x0)
@@ -300,6 +310,7 @@ class ReSample(VPGridSolver):
         index: int,
         force: torch.Tensor | None,
         gens: list[torch.Generator],
+        operator: Operator,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c = self.config
         a_t, a_prev = float(self.levels[index + 1]), float(self.levels[index])
@@ -310,7 +321,7 @@ class ReSample(VPGridSolver):
             image = self.decode(zero_rows(estimate, broken))
             out = math.sqrt(a_prev) * estimate + math.sqrt(1 - a_prev) * eps_hat
             if c.zeta > 0:
-                residual = (self.operator(zero_rows(image, broken)) - y).flatten(1)
+                residual = (operator(zero_rows(image, broken)) - y).flatten(1)
                 norms = torch.linalg.vector_norm(residual, dim=1)
                 (grad,) = torch.autograd.grad(norms.sum(), zr)
                 broken |= bad_rows(grad)
@@ -319,10 +330,10 @@ class ReSample(VPGridSolver):
         z_new, x0 = out.detach(), image.detach()
         broken |= bad_rows(z_new)
         if self.dc_event(index):
-            z_new, x0, failed = self._hard_consistency(z_new, y, index, gens, broken)
+            z_new, x0, failed = self._hard_consistency(z_new, y, index, gens, broken, operator)
             broken |= failed
         if index == 0:
-            z_new, x0, failed = self._final(z_new, y, broken)
+            z_new, x0, failed = self._final(z_new, y, broken, operator)
             broken |= failed
         return z_new, x0, broken
 
@@ -342,6 +353,7 @@ class ReSample(VPGridSolver):
         index: int,
         gens: list[torch.Generator],
         broken: torch.Tensor,
+        operator: Operator,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c = self.config
         z = zero_rows(z_prime, broken)
@@ -355,10 +367,10 @@ class ReSample(VPGridSolver):
             broken = broken | bad_rows(estimate)
             estimate = zero_rows(estimate, broken)
         if self.latent_stage(index):
-            z0_y, failed = self.optimise_latent(estimate, y)
+            z0_y, failed = self.optimise_latent(estimate, y, operator)
         else:
             with torch.no_grad():
-                image, failed = self.optimise_pixels(self.decode(estimate), y)
+                image, failed = self.optimise_pixels(self.decode(estimate), y, operator)
                 z0_y = self.encode(zero_rows(image, failed))
         broken = broken | failed
         ab = float(self.levels[index])
@@ -378,24 +390,33 @@ class ReSample(VPGridSolver):
         return mean + math.sqrt(1.0 / (1.0 / g + 1.0 / (1 - ab))) * noise
 
     def _final(
-        self, z: torch.Tensor, y: torch.Tensor, broken: torch.Tensor
+        self, z: torch.Tensor, y: torch.Tensor, broken: torch.Tensor, operator: Operator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z0 = zero_rows(z, broken) / math.sqrt(float(self.levels[0]))
-        z0, failed = self.optimise_latent(z0, y)
+        z0, failed = self.optimise_latent(z0, y, operator)
         broken = broken | failed
         with torch.no_grad():
             return z0, self.decode(zero_rows(z0, broken)), broken
 
     # -- hard data consistency solvers ---------------------------------------------------------
-    def _mse(self, image: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        assert self.operator is not None
-        return (self.operator(image) - y).flatten(1).pow(2).mean(1)
+    @staticmethod
+    def _mse(
+        image: torch.Tensor, y: torch.Tensor, operator: Operator, rows: torch.Tensor
+    ) -> torch.Tensor:
+        """mean((A x - y)^2) per row of ``image``, the rows ``rows`` of ``operator``/``y``'s
+        batch."""
+        return (
+            (operator.take_rows(rows)(image) - measurement_rows(y, rows)).flatten(1).pow(2).mean(1)
+        )
 
     def optimise_pixels(
-        self, image: torch.Tensor, y: torch.Tensor
+        self, image: torch.Tensor, y: torch.Tensor, operator: Operator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """argmin_x mean((A x - y)^2) from ``image``: AdamW, or x0 - kappa A^+(A x0 - y) by CG."""
-        c, op = self.config, self.operator
+        """argmin_x mean((A x - y)^2) from ``image``: AdamW, or x0 - kappa A^+(A x0 - y) by CG.
+
+        ``operator``: that of the rows (default: the run's)."""
+        c = self.config
+        op = self.operator if operator is None else operator
         assert op is not None
         if c.pixel_solver == "cg":
             assert isinstance(op, LinearOperator)
@@ -403,7 +424,7 @@ class ReSample(VPGridSolver):
             out = image - c.pixel_kappa * correction
             return out, bad_rows(out)
         out, _, broken = adamw_minimise(
-            lambda x, _: self._mse(x, y),
+            lambda x, rows: self._mse(x, y, op, rows),
             image,
             c.pixel_lr,
             c.pixel_iters,
@@ -414,12 +435,16 @@ class ReSample(VPGridSolver):
         return out, broken
 
     def optimise_latent(
-        self, z: torch.Tensor, y: torch.Tensor
+        self, z: torch.Tensor, y: torch.Tensor, operator: Operator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """argmin_z mean((A decode(z) - y)^2) from ``z`` by AdamW with the window early stop."""
+        """argmin_z mean((A decode(z) - y)^2) from ``z`` by AdamW with the window early stop.
+
+        ``operator``: that of the rows (default: the run's)."""
         c = self.config
+        op = self.operator if operator is None else operator
+        assert op is not None
         out, _, broken = adamw_minimise(
-            lambda v, _: self._mse(self.decode(v), y),
+            lambda v, rows: self._mse(self.decode(v), y, op, rows),
             z,
             c.latent_lr,
             c.latent_iters,

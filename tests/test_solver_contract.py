@@ -4,7 +4,9 @@ Each solver runs on a small MCGdiff Gaussian-mixture problem (pixel, or through 
 decoder for latent solvers) with tiny settings. Solver-specific tests check the mathematics;
 these check that every solver keeps the same promises: stepping by hand equals ``sample``, a
 seed fixes the result, particles do not depend on their batch, ``select`` continues particles
-exactly, ``force`` is an extra drift of the state's shape, and bad problems are refused.
+exactly, ``force`` is an extra drift of the state's shape, and bad problems are refused. A batch
+of several problems (per-row y, seeds and, through ``operators.stack_rows``, operators) gives
+row for row the samples of the separate runs, on GMM and image operators (tests/problem_batches).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from typing import Any
 import pytest
 import torch
 
+import operators
 import solvers
 from solvers import SolverInputError, SolverSpec
 from solvers.base import STATUS_PRUNED
 from solvers.priors.gmm import GMMProblem, mcgdiff_problem
+from tests.problem_batches import CASES, Batch
 
 GMM_TASK = "matrix"  # the operator of the MCGdiff Gaussian-mixture problems
 
@@ -226,3 +230,120 @@ def test_benchmark_presets_fit_the_benchmark() -> None:
                 for backbone in solvers.backbones(name, preset):
                     p = mcgdiff_problem(8, 2, 0, latent=backbone == "latent")
                     solvers.build(name, preset).init(p.prior, p.operator, p.y, 2)
+
+
+# -- batches of several problems -------------------------------------------------------------------
+PROBLEMS, PARTICLES = 3, 2
+PROBLEM_SEEDS = (21, 5, 13)
+# Batched and separate runs apply the same per-row arithmetic, but the prior's matmuls (and the
+# operators' sub-batches) see 6 rows instead of 2, and BLAS kernels may block a product
+# differently by batch size; C-DPS also divides by a per-row Sigma tensor instead of a number
+# when the problems' ||A|| differ. That is float64 round-off (1e-16 relative per operation);
+# measured differences are 1e-16 to 4e-11 (noise_langevin, whose Adam divides by tiny moments),
+# so 1e-9, the tolerance of test_particles_do_not_depend_on_their_batch. The random streams
+# must be equal.
+BATCH_TOLERANCE = {"rtol": 1e-9, "atol": 1e-9}
+
+
+def _spec_for(name: str, task: str) -> SolverSpec:
+    """The contract settings of ``name``; a preset tuned for another task becomes overrides."""
+    spec = contract_spec(name)
+    info = solvers.presets(name)[spec.preset] if spec.preset is not None else None
+    if info is None or info.task in (None, task):
+        return spec
+    return SolverSpec(name, None, {**info.overrides, **spec.overrides})
+
+
+def _problem_batch(name: str, case: str) -> tuple[SolverSpec, Batch]:
+    batch = CASES[case](_latent(contract_spec(name)), PROBLEMS)
+    spec = _spec_for(name, batch.operators[0].name)
+    if solvers.solver_class(name).linear_only and not batch.operators[0].is_linear:
+        pytest.skip(f"{name} needs a linear operator")
+    return spec, batch
+
+
+def _batched_init(solver: solvers.Solver, batch: Batch) -> solvers.State:
+    """k problems x m particles in one state: rows (problem p, particle i), problem after
+    problem, each with the problem's y, seed and operator."""
+    operator = operators.stack_rows(batch.operators, PARTICLES)
+    y = torch.cat([y.expand(PARTICLES, *y.shape[1:]) for y in batch.ys])
+    seeds = [seed for seed in PROBLEM_SEEDS for _ in range(PARTICLES)]
+    indices = list(range(PARTICLES)) * PROBLEMS
+    return solver.init(batch.prior, operator, y, seed=seeds, indices=indices)
+
+
+def _separate(
+    spec: SolverSpec, batch: Batch
+) -> list[tuple[torch.Tensor, torch.Tensor, list[torch.Generator]]]:
+    """(samples, losses, generators) of one run per problem, seeded by the problem's seed."""
+    runs = []
+    for operator, y, seed in zip(batch.operators, batch.ys, PROBLEM_SEEDS, strict=True):
+        solver = spec.build()
+        state = solver.init(batch.prior, operator, y, PARTICLES, seed)
+        for k in range(solver.num_steps):
+            state = solver.step(state, k)
+        runs.append((solver.result(state), solver.measurement_loss(state), state.generators))
+    return runs
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("name", solvers.available())
+def test_a_batch_of_problems_equals_the_separate_runs(name: str, case: str) -> None:
+    """3 problems x 2 particles in one batch give, row for row, the samples, losses and random
+    streams of the 3 runs of one problem each (to round-off: BATCH_TOLERANCE)."""
+    spec, batch = _problem_batch(name, case)
+    separate = _separate(spec, batch)
+    solver = spec.build()
+    state = _batched_init(solver, batch)
+    for k in range(solver.num_steps):
+        state = solver.step(state, k)
+    assert state.status.tolist() == [0] * PROBLEMS * PARTICLES
+    samples = torch.cat([samples for samples, _, _ in separate])
+    losses = torch.cat([loss for _, loss, _ in separate])
+    torch.testing.assert_close(solver.result(state), samples, **BATCH_TOLERANCE)
+    torch.testing.assert_close(solver.measurement_loss(state), losses, **BATCH_TOLERANCE)
+    streams = [g.get_state() for _, _, gens in separate for g in gens]
+    for generator, stream in zip(state.generators, streams, strict=True):
+        assert torch.equal(generator.get_state(), stream)
+
+
+@pytest.mark.parametrize("name", solvers.available())
+def test_select_and_pruning_keep_each_rows_problem(name: str) -> None:
+    """Rows chosen from a batch of problems (with repeats, then one of them pruned) continue
+    with their own y and operator, exactly as in the full batch."""
+    spec, batch = _problem_batch(name, "inpaint_random_stacked")
+    solver = spec.build()
+    state = _batched_init(solver, batch)
+    half = solver.num_steps // 2
+    for k in range(half):
+        state = solver.step(state, k)
+    chosen = state.select([5, 0, 3, 0])
+    chosen.status = chosen.status.clone()
+    chosen.status[1] = STATUS_PRUNED
+    frozen = chosen.x0[1].clone()
+    for k in range(half, solver.num_steps):
+        state = solver.step(state, k)
+        chosen = solver.step(chosen, k)
+    full, picked = solver.result(state), solver.result(chosen)
+    torch.testing.assert_close(picked[[0, 2, 3]], full[[5, 3, 0]], **BATCH_TOLERANCE)
+    assert torch.equal(chosen.x0[1], frozen)
+    loss = solver.measurement_loss(chosen)
+    torch.testing.assert_close(loss[[0, 2, 3]], solver.measurement_loss(state)[[5, 3, 0]])
+    assert loss[1] == float("inf")
+
+
+@pytest.mark.parametrize("name", solvers.available())
+def test_batch_inputs_are_checked_with_the_fix(name: str) -> None:
+    spec, batch = _problem_batch(name, "inpaint_random_stacked")
+    solver, prior = spec.build(), batch.prior
+    stacked = operators.stack_rows(batch.operators, PARTICLES)
+    rows = PROBLEMS * PARTICLES
+    y = torch.cat([y.expand(PARTICLES, *y.shape[1:]) for y in batch.ys])
+    with pytest.raises(SolverInputError, match=f"y holds 2 measurements for {rows} rows"):
+        solver.init(prior, stacked, y[:2], rows)
+    with pytest.raises(SolverInputError, match=f"seed lists 4 seeds for {rows} rows"):
+        solver.init(prior, stacked, y, rows, seed=[1, 2, 3, 4])
+    with pytest.raises(SolverInputError, match="seed must be an int"):
+        solver.init(prior, stacked, y, rows, seed="7")
+    with pytest.raises(SolverInputError, match=f"serves {rows} rows .* init starts 4"):
+        solver.init(prior, stacked, y[:4], 4)
