@@ -96,12 +96,15 @@ class StackedOperator(Operator):
 
     # -- rows ------------------------------------------------------------------------------------
     def take_rows(self, index: Sequence[int] | torch.Tensor) -> Operator:
-        """The operator of rows ``index`` (indices or a boolean mask), in that order; the
-        problem's own operator when they all belong to one problem."""
+        """The operator of rows ``index`` (indices or a boolean mask), in that order: itself for
+        all rows in order, the problem's own operator when they all belong to one problem."""
         if isinstance(index, torch.Tensor):
             index = index.nonzero().flatten() if index.dtype == torch.bool else index.flatten()
             index = index.tolist()
-        chosen = [self.row_part[int(i)] for i in index]
+        index = [int(i) for i in index]
+        if index == list(range(self.row_count)):
+            return self
+        chosen = [self.row_part[i] for i in index]
         if not chosen:
             raise OperatorInputError(f"{self.name}: take_rows needs at least one row")
         if all(p == chosen[0] for p in chosen):

@@ -313,6 +313,7 @@ def test_take_rows_restricts_the_stack(name):
     mask = torch.tensor([False, False, True, True, False, True])
     torch.testing.assert_close(stacked.take_rows(mask)(x[mask]), stacked(x)[mask], **close)
     assert stacked.take_rows([3, 5]) is ops[2]  # rows of one problem: its own operator
+    assert stacked.take_rows(torch.ones(6, dtype=torch.bool)) is stacked
     assert stacked.take_rows(torch.tensor([1])) is ops[0]
     groups = stacked.row_groups()
     assert [part for part, _ in groups] == ops
