@@ -8,7 +8,7 @@ them. ``import ensemble`` does not import ray.
 """
 
 from ensemble.backends import release_workers
-from ensemble.run import Ensemble, EnsembleResult, run
+from ensemble.run import Ensemble, EnsembleResult, run, run_all
 from ensemble.settings import SMC, EnsembleSettings, EnsembleSpecError, Pruning, Repulsion
 from ensemble.spec import EnsembleSpec, OperatorSpec
 
@@ -24,4 +24,5 @@ __all__ = [
     "Repulsion",
     "release_workers",
     "run",
+    "run_all",
 ]

@@ -36,7 +36,7 @@ class LocalBackend:
     """Groups held by the driver itself (one group by default: all particles in one batch)."""
 
     def __init__(self, spec: EnsembleSpec) -> None:
-        self.partition = slot_partition(spec.settings.sizes())
+        self.partition = slot_partition(spec.sizes())
         self.groups = [ParticleGroup(spec, slots) for slots in self.partition]
 
     def call(self, method: str, args: Sequence[tuple[Any, ...]] | None = None) -> list[Any]:
@@ -59,7 +59,7 @@ class RayBackend:
         ensure_ray(spec.settings.address)
         self.ray = ray
         self.spec = spec
-        self.partition = slot_partition(spec.settings.sizes())
+        self.partition = slot_partition(spec.sizes())
         self.spec_ref = ray.put(spec)
         self.actor_class = ray.remote(ParticleGroup)
         self.key = worker_key(spec) + ray.get_runtime_context().get_job_id()

@@ -7,6 +7,7 @@ reports features and measurement losses, and exports, imports and restores parti
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ from ensemble.features import FeatureMap
 from ensemble.payload import Payload
 from ensemble.settings import Repulsion
 from ensemble.spec import EnsembleSpec
+from operators import Operator, stack_rows
 from solvers.base import STATUS_PRUNED, State, particle_seed
 from solvers.priors.loading import load
 
@@ -35,7 +37,7 @@ class ParticleGroup:
         """Take on a new run that shares this group's prior and features (``worker_key``)."""
         self.spec = spec
         self.slots = list(slots)
-        self.operator = spec.operator.build(spec.device)
+        self.operator = group_operator(spec, self.slots)
         self.solver = spec.solver.build()
         self.state: State | None = None
         self._graph: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -43,10 +45,17 @@ class ParticleGroup:
 
     # -- running ---------------------------------------------------------------------------------
     def start(self) -> None:
-        """Initialise the particles of this group (their streams depend on (seed, slot) only)."""
-        y = self.spec.y.to(self.spec.device)
+        """Initialise the rows of this group: row (problem p, particle i) draws the stream of
+        particle i of a single-problem run seeded by ``seeds[p]``, whatever the batch."""
+        spec = self.spec
+        if spec.problems == 1:  # one measurement, broadcast to every row
+            y, seed = spec.y, spec.seeds[0]
+        else:
+            problems = [spec.problem_of(s) for s in self.slots]
+            y, seed = spec.y[problems], [spec.seeds[p] for p in problems]
+        indices = [spec.particle_of(s) for s in self.slots]
         self.state = self.solver.init(
-            self.prior, self.operator, y, seed=self.spec.seed, indices=self.slots
+            self.prior, self.operator, y.to(spec.device), seed=seed, indices=indices
         )
 
     def observe(self, k: int, repulsion: Repulsion) -> dict[str, Any]:
@@ -160,6 +169,17 @@ class ParticleGroup:
         return self.state
 
 
+def group_operator(spec: EnsembleSpec, slots: list[int]) -> Operator:
+    """The operator of a group's rows: the shared one, or the rows' problems' own operators
+    stacked row by row (``operators.stack_rows``)."""
+    if not isinstance(spec.operator, tuple):
+        return spec.operator.build(spec.device)
+    problems = [spec.problem_of(s) for s in slots]
+    counts = [sum(1 for _ in run) for _, run in itertools.groupby(problems)]
+    parts = [spec.operators[p].build(spec.device) for p, _ in itertools.groupby(problems)]
+    return stack_rows(parts, counts)
+
+
 def worker_key(spec: EnsembleSpec) -> str:
     """What a worker keeps between runs: prior, device, features, resources."""
     return repr(
@@ -175,6 +195,7 @@ def worker_key(spec: EnsembleSpec) -> str:
     )
 
 
-def copy_seed(run_seed: int, slot: int, step: int) -> int:
-    """The fresh stream of a copy placed in ``slot`` before ``step`` (independent of workers)."""
-    return particle_seed(particle_seed(run_seed, slot), 1_000_003 + step)
+def copy_seed(problem_seed: int, particle: int, step: int) -> int:
+    """The fresh stream of a copy placed in a problem's ``particle`` slot before ``step``
+    (independent of workers and of the other problems in the batch)."""
+    return particle_seed(particle_seed(problem_seed, particle), 1_000_003 + step)

@@ -1,6 +1,8 @@
 """The step-synchronous ensemble loop on the driver (docs/ensemble.md).
 
-Each outer step k: one barrier gathers every group's measurement losses (and features where
+A run holds one or several problems (images), each with ``particles`` rows; every interaction
+(repulsion, pruning, SMC resampling, final selection) and every trace is per problem. Each
+outer step k: one barrier gathers every group's measurement losses (and features where
 repulsion acts); the driver prunes (top-k) or resamples (SMC) and copies survivors' states into
 freed slots; it computes the repulsion push in feature space and scatters it; each group pulls
 its push back to its particles and calls ``solver.step(state, k, force)``. Every
@@ -42,33 +44,44 @@ _SMC_SALT = 0x5EC
 
 @dataclass
 class EnsembleResult:
-    """Samples and diagnostics of one ensemble run."""
+    """Samples and diagnostics of one problem of an ensemble run."""
 
     samples: torch.Tensor  # the selected samples, (len(selected), *image shape)
-    all_samples: torch.Tensor  # every slot's final sample, (N, *image shape)
-    loss: torch.Tensor  # final measurement loss per slot (inf for stopped particles)
+    all_samples: torch.Tensor  # every particle's final sample, (N, *image shape)
+    loss: torch.Tensor  # final measurement loss per particle (inf for stopped particles)
     status: list[str]
     selected: list[int]
-    origin: list[int]  # the initial particle each slot descends from
+    origin: list[int]  # the initial particle each particle slot descends from
     nfe: int  # network evaluations per particle (the largest count over workers)
     seconds: float
     traces: dict[str, list[Any]]
     # loop/compute/coordination seconds (coordination = loop - compute: driver work, transfers,
-    # waiting, checkpoints), bytes moved between driver and workers, network calls, restarts
+    # waiting, checkpoints), bytes moved between driver and workers, network calls, restarts;
+    # shared by the problems of one run
     stats: dict[str, float]
+
+
+def _empty_traces() -> dict[str, list[Any]]:
+    return {"loss_best": [], "alive": [], "sigma": [], "ess": [], "moves": []}
 
 
 @dataclass
 class DriverState:
-    """What the driver carries between steps (checkpointed with the particles)."""
+    """What the driver carries between steps (checkpointed with the particles).
+
+    ``origin``, ``log_weights``, ``potential``: per global row slot; ``traces``: per problem.
+    """
 
     step: int
     origin: torch.Tensor
+    problems: int = 1
     log_weights: torch.Tensor | None = None
     potential: torch.Tensor | None = None
-    traces: dict[str, list[Any]] = field(
-        default_factory=lambda: {"loss_best": [], "alive": [], "sigma": [], "ess": [], "moves": []}
-    )
+    traces: list[dict[str, list[Any]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.traces:
+            self.traces = [_empty_traces() for _ in range(self.problems)]
 
 
 class Ensemble:
@@ -85,17 +98,34 @@ class Ensemble:
         self.stats = {"compute_seconds": 0.0, "loop_seconds": 0.0, "bytes": 0.0}
         self.restarts = 0
 
+    def _blocks(self) -> list[slice]:
+        """The global row slots of each problem."""
+        m = self.settings.particles
+        return [slice(p * m, (p + 1) * m) for p in range(self.spec.problems)]
+
     # -- the loop --------------------------------------------------------------------------------
     def run(
         self, callback: Callable[[int, Ensemble], None] | None = None, resume: bool = False
     ) -> EnsembleResult:
+        """Run a single-problem spec; ``run_all`` returns every problem's result."""
+        if self.spec.problems != 1:
+            raise ValueError(
+                f"this spec holds {self.spec.problems} problems; use run_all (one result each)"
+            )
+        return self.run_all(callback, resume)[0]
+
+    def run_all(
+        self, callback: Callable[[int, Ensemble], None] | None = None, resume: bool = False
+    ) -> list[EnsembleResult]:
+        """Run every problem of the spec; one result per problem, in the spec's order."""
         began = time.perf_counter()
         self.backend = backend = make_backend(self.spec)
         try:
             snapshot = self._load_checkpoint() if resume else None
             if snapshot is None:
                 backend.call("start")
-                snapshot = self._snapshot(DriverState(0, torch.arange(self.settings.particles)))
+                start = DriverState(0, torch.arange(self.spec.rows), self.spec.problems)
+                snapshot = self._snapshot(start)
             else:
                 self._restore(snapshot)
             driver = copy.deepcopy(snapshot["driver"])
@@ -112,7 +142,8 @@ class Ensemble:
                 driver.step += 1
                 progress.update(1)
                 progress.set_postfix(
-                    alive=driver.traces["alive"][-1], best=f"{driver.traces['loss_best'][-1]:.4g}"
+                    alive=sum(t["alive"][-1] for t in driver.traces),
+                    best=f"{min(t['loss_best'][-1] for t in driver.traces):.4g}",
                 )
                 if (
                     driver.step % self.settings.checkpoint_every == 0
@@ -129,95 +160,123 @@ class Ensemble:
 
     def _step(self, driver: DriverState) -> None:
         k, backend = driver.step, self._backend()
-        observed = backend.call("observe", [(k, self.settings.repulsion)] * len(backend.partition))
+        repulsion = self.settings.repulsion
+        observed = backend.call("observe", [(k, repulsion)] * len(backend.partition))
         loss = torch.cat([o["loss"] for o in observed])
         status = torch.cat([o["status"] for o in observed])
         sigma = float(observed[0]["sigma"])
-        ancestors = self._select(driver, k, loss, status, float(observed[0]["sigma_y"]), sigma)
-        moved = 0
-        if k in self.settings.pruning.steps and not self.settings.pruning.refill:
+        sigma_y = float(observed[0]["sigma_y"])
+        pruning = self.settings.pruning
+        ancestors = torch.arange(self.spec.rows)
+        changed, stopped = False, torch.zeros(self.spec.rows, dtype=torch.bool)
+        for p, block in enumerate(self._blocks()):
+            chosen = self._select(driver, p, k, loss[block], status[block], sigma_y, sigma)
+            if isinstance(chosen, tuple):  # pruning without refill: the losers stop
+                stopped[block] = chosen[1]
+            elif chosen is not None:
+                ancestors[block] = chosen + block.start
+                changed = True
+        moved = [0] * self.spec.problems
+        if bool(stopped.any()):
+            self._prune(stopped)
+        if k in pruning.steps and not pruning.refill:
             status = torch.cat(backend.call("statuses"))  # the losers were just stopped
-        if ancestors is not None:
+        if changed:
             moved = self._move(ancestors, k)
             driver.origin = driver.origin[ancestors]
-            if moved and observed[0]["features"] is not None:
-                observed = backend.call("observe", [(k, self.settings.repulsion)] * len(observed))
+            if sum(moved) and observed[0]["features"] is not None:
+                observed = backend.call("observe", [(k, repulsion)] * len(observed))
                 status = torch.cat([o["status"] for o in observed])
         pushes = self._pushes(observed, status)
-        weight = self.settings.repulsion.weight
-        spent = backend.call("step", [(k, p, weight) for p in pushes])
+        spent = backend.call("step", [(k, push, repulsion.weight) for push in pushes])
         compute = max(o["seconds"] + s for o, s in zip(observed, spent, strict=True))
         self.stats["compute_seconds"] += compute
         self.stats["bytes"] += nbytes([o for o in observed]) + nbytes(pushes)
-        alive = status == STATUS_OK
-        driver.traces["loss_best"].append(float(loss[alive].min()) if alive.any() else float("inf"))
-        driver.traces["alive"].append(int(alive.sum()))
-        driver.traces["sigma"].append(sigma)
-        ess = effective_sample_size(driver.log_weights) if driver.log_weights is not None else None
-        driver.traces["ess"].append(ess)
-        driver.traces["moves"].append(moved)
+        for p, block in enumerate(self._blocks()):
+            alive = status[block] == STATUS_OK
+            problem_loss = loss[block]
+            traces = driver.traces[p]
+            traces["loss_best"].append(
+                float(problem_loss[alive].min()) if alive.any() else float("inf")
+            )
+            traces["alive"].append(int(alive.sum()))
+            traces["sigma"].append(sigma)
+            weights = None if driver.log_weights is None else driver.log_weights[block]
+            traces["ess"].append(effective_sample_size(weights) if weights is not None else None)
+            traces["moves"].append(moved[p])
 
     # -- interaction -----------------------------------------------------------------------------
     def _select(
         self,
         driver: DriverState,
+        problem: int,
         k: int,
         loss: torch.Tensor,
         status: torch.Tensor,
         sigma_y: float,
         sigma: float,
-    ) -> torch.Tensor | None:
-        """Ancestors from pruning or SMC at step k (None: nothing changes)."""
-        spec, n = self.spec, self.settings.particles
+    ) -> torch.Tensor | tuple[None, torch.Tensor] | None:
+        """Problem ``problem``'s selection at step k: its ancestors (particle indices within the
+        problem), ``(None, stop mask)`` for pruning without refill, or None (no change)."""
+        settings, n = self.settings, self.settings.particles
         loss = torch.where(status == STATUS_OK, loss, torch.full_like(loss, float("inf")))
-        if k in spec.settings.pruning.steps:
-            keep = spec.settings.pruning.keep[spec.settings.pruning.steps.index(k)]
+        pruning = settings.pruning
+        if k in pruning.steps:
+            keep = pruning.keep[pruning.steps.index(k)]
             keep = min(keep, int((status == STATUS_OK).sum())) or 1
-            ancestors, kept = top_k_ancestors(loss, keep, spec.settings.pruning.refill)
-            if not spec.settings.pruning.refill:
-                self._prune((~kept) & (status == STATUS_OK))
-                return None
+            ancestors, kept = top_k_ancestors(loss, keep, pruning.refill)
+            if not pruning.refill:
+                return None, (~kept) & (status == STATUS_OK)
             return ancestors
-        smc = spec.settings.smc
+        smc = settings.smc
         end = smc.end if smc.end is not None else self.num_steps
         if not smc.enabled or not smc.start <= k < end:
             return None
+        block = self._blocks()[problem]
         phi = smc_log_potential(loss, sigma_y, sigma, smc.temperature)
-        if driver.potential is None or driver.log_weights is None:
-            driver.log_weights, driver.potential = torch.zeros(n, dtype=torch.float64), phi
+        if driver.potential is None or driver.log_weights is None:  # NaN: not started yet
+            driver.log_weights = torch.zeros(self.spec.rows, dtype=torch.float64)
+            driver.potential = torch.full((self.spec.rows,), float("nan"), dtype=torch.float64)
+        if bool(torch.isnan(driver.potential[block]).all()):
+            driver.potential[block] = phi
             return None
-        increment = torch.where(torch.isfinite(phi), phi - driver.potential, float("-inf"))
-        driver.log_weights = torch.nan_to_num(driver.log_weights + increment, nan=float("-inf"))
-        driver.potential = phi
-        if not torch.isfinite(driver.log_weights).any():
+        increment = torch.where(torch.isfinite(phi), phi - driver.potential[block], float("-inf"))
+        log_weights = torch.nan_to_num(driver.log_weights[block] + increment, nan=float("-inf"))
+        driver.log_weights[block] = log_weights
+        driver.potential[block] = phi
+        if not torch.isfinite(log_weights).any():
             return None
-        if effective_sample_size(driver.log_weights) >= smc.ess_threshold * n:
+        if effective_sample_size(log_weights) >= smc.ess_threshold * n:
             return None
-        generator = torch.Generator().manual_seed(particle_seed(spec.seed ^ _SMC_SALT, k))
+        seed = particle_seed(self.spec.seeds[problem] ^ _SMC_SALT, k)
+        generator = torch.Generator().manual_seed(seed)
         u = float(torch.rand((), generator=generator, dtype=torch.float64))
-        ancestors = place_copies(systematic_resample(driver.log_weights, u))
-        driver.log_weights = torch.zeros(n, dtype=torch.float64)
-        driver.potential = driver.potential[ancestors]
+        ancestors = place_copies(systematic_resample(log_weights, u))
+        driver.log_weights[block] = 0.0
+        driver.potential[block] = phi[ancestors]
         return ancestors
 
     def _pushes(self, observed: list[dict[str, Any]], status: torch.Tensor) -> list[Any]:
-        """Per-group repulsion pushes (None where repulsion does not act at this step)."""
+        """Per-group repulsion pushes (None where repulsion does not act at this step); each
+        problem's running particles repel only each other."""
         if observed[0]["features"] is None:
             return [None] * len(observed)
         features = torch.cat([o["features"] for o in observed])
-        alive = status == STATUS_OK
         push = torch.zeros_like(features)
-        if int(alive.sum()) >= 2:
-            push[alive] = rbf_repulsion(features[alive], self.settings.repulsion.svgd)
+        for block in self._blocks():
+            alive = (status[block] == STATUS_OK).nonzero().flatten() + block.start
+            if alive.numel() >= 2:
+                push[alive] = rbf_repulsion(features[alive], self.settings.repulsion.svgd)
         sizes = [len(slots) for slots in self._backend().partition]
         return list(torch.split(push, sizes))
 
-    def _move(self, ancestors: torch.Tensor, k: int) -> int:
-        """Copy ancestors' states into the slots that need them; returns the number of copies."""
+    def _move(self, ancestors: torch.Tensor, k: int) -> list[int]:
+        """Copy ancestors' states into the slots that need them; the copies per problem."""
         backend = self._backend()
-        slots = [i for i in range(self.settings.particles) if int(ancestors[i]) != i]
+        slots = [i for i in range(self.spec.rows) if int(ancestors[i]) != i]
+        moved = [0] * self.spec.problems
         if not slots:
-            return 0
+            return moved
         where = {s: (g, p) for g, part in enumerate(backend.partition) for p, s in enumerate(part)}
         sources = sorted({int(ancestors[i]) for i in slots})
         wanted: list[list[int]] = [[] for _ in backend.partition]
@@ -228,18 +287,22 @@ class Ensemble:
         for g, rows in enumerate(wanted):
             for r, position in enumerate(rows):
                 row_of[backend.partition[g][position]] = (g, r)
-        assignments = []
+        spec, assignments = self.spec, []
         for g in range(len(backend.partition)):
             targets = [s for s in slots if where[s][0] == g]
             rows = [row_of[int(ancestors[s])] for s in targets]
             payload = None
             if rows:
                 payload = concat_payloads([take_rows(exported[src], [r]) for src, r in rows])
-            seeds = [copy_seed(self.spec.seed, s, k) for s in targets]
+            seeds = [
+                copy_seed(spec.seeds[spec.problem_of(s)], spec.particle_of(s), k) for s in targets
+            ]
             assignments.append(([where[s][1] for s in targets], payload, seeds))
         backend.call("assign", assignments)
         self.stats["bytes"] += nbytes(exported) + nbytes(assignments)
-        return len(slots)
+        for s in slots:
+            moved[spec.problem_of(s)] += 1
+        return moved
 
     def _prune(self, stop: torch.Tensor) -> None:
         backend = self._backend()
@@ -300,7 +363,8 @@ class Ensemble:
             sorted(dict(solver.overrides).items()),
             str(spec.prior),
         ]
-        parts += [spec.operator.name, sorted(map(str, dict(spec.operator.params).items()))]
+        for operator in spec.operators:
+            parts += [operator.name, sorted(map(str, dict(operator.params).items()))]
         parts += [
             spec.settings.particles,
             spec.seed,
@@ -314,38 +378,47 @@ class Ensemble:
         return digest.hexdigest()
 
     # -- the end ---------------------------------------------------------------------------------
-    def _finish(self, driver: DriverState, seconds: float) -> EnsembleResult:
+    def _finish(self, driver: DriverState, seconds: float) -> list[EnsembleResult]:
         backend = self._backend()
         samples = torch.cat(backend.call("samples"))
-        loss = torch.cat(backend.call("losses"))
-        status = torch.cat(backend.call("statuses"))
+        losses = torch.cat(backend.call("losses"))
+        statuses = torch.cat(backend.call("statuses"))
         calls = backend.call("nfe")
-        ok = [i for i in range(self.settings.particles) if int(status[i]) == STATUS_OK]
-        candidates = ok or list(range(self.settings.particles))
+        steps = max(len(driver.traces[0]["alive"]), 1)
+        stats = {
+            **self.stats,
+            "coordination_seconds": self.stats["loop_seconds"] - self.stats["compute_seconds"],
+            "bytes_per_step": self.stats["bytes"] / steps,
+            "network_calls": float(sum(calls)),
+            "restarts": float(self.restarts),
+        }
+        results = []
+        for p, block in enumerate(self._blocks()):
+            loss, status = losses[block], statuses[block]
+            results.append(
+                EnsembleResult(
+                    samples=samples[block][self._selected(loss, status)],
+                    all_samples=samples[block],
+                    loss=loss,
+                    status=[STATUS_NAMES[int(s)] for s in status],
+                    selected=self._selected(loss, status),
+                    origin=(driver.origin[block] - block.start).tolist(),
+                    nfe=int(max(calls)),
+                    seconds=seconds,
+                    traces=driver.traces[p],
+                    stats=dict(stats),
+                )
+            )
+        return results
+
+    def _selected(self, loss: torch.Tensor, status: torch.Tensor) -> list[int]:
+        """One problem's returned particles: all running ones, or the best by loss."""
+        ok = [i for i in range(len(status)) if int(status[i]) == STATUS_OK]
+        candidates = ok or list(range(len(status)))
         if self.settings.selection == "best":
             order = sorted(candidates, key=lambda i: float(loss[i]))
-            selected = order[: self.settings.select_k]
-        else:
-            selected = candidates
-        steps = max(len(driver.traces["alive"]), 1)
-        return EnsembleResult(
-            samples=samples[selected],
-            all_samples=samples,
-            loss=loss,
-            status=[STATUS_NAMES[int(s)] for s in status],
-            selected=selected,
-            origin=driver.origin.tolist(),
-            nfe=int(max(calls)),
-            seconds=seconds,
-            traces=driver.traces,
-            stats={
-                **self.stats,
-                "coordination_seconds": self.stats["loop_seconds"] - self.stats["compute_seconds"],
-                "bytes_per_step": self.stats["bytes"] / steps,
-                "network_calls": float(sum(calls)),
-                "restarts": float(self.restarts),
-            },
-        )
+            return order[: self.settings.select_k]
+        return candidates
 
     def _backend(self) -> LocalBackend | RayBackend:
         assert self.backend is not None, "the ensemble is not running"
@@ -356,7 +429,8 @@ def _progress(spec: EnsembleSpec, total: int, initial: int) -> Any:
     """A progress bar over steps (particles alive, best measurement loss as postfix)."""
     from tqdm.auto import tqdm
 
-    label = f"{spec.solver.name} x{spec.settings.particles} ({spec.settings.backend})"
+    problems = f"{spec.problems} problems x " if spec.problems > 1 else ""
+    label = f"{spec.solver.name} {problems}x{spec.settings.particles} ({spec.settings.backend})"
     return tqdm(
         total=total, initial=initial, desc=label, disable=not spec.settings.progress, leave=False
     )
@@ -388,3 +462,8 @@ def run(spec: EnsembleSpec, resume: bool = False) -> EnsembleResult:
         True
     """
     return Ensemble(spec).run(resume=resume)
+
+
+def run_all(spec: EnsembleSpec, resume: bool = False) -> list[EnsembleResult]:
+    """Run every problem of a (possibly multi-problem) spec in one batch: one result each."""
+    return Ensemble(spec).run_all(resume=resume)

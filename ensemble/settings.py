@@ -165,17 +165,12 @@ class EnsembleSettings:
         _check_int("particles", self.particles, 1)
         _check_choice("backend", self.backend, BACKENDS)
         _check_int("workers", self.workers, 1)
-        if self.workers > self.particles:
-            raise EnsembleSpecError(
-                f"workers = {self.workers} exceeds particles = {self.particles}; every worker "
-                "needs at least one particle"
-            )
         if self.partition is not None:
             sizes = tuple(self.partition) if isinstance(self.partition, list | tuple) else ()
-            if len(sizes) != self.workers or sum(sizes) != self.particles or min(sizes) < 1:
+            if len(sizes) != self.workers or not all(isinstance(n, int) and n >= 1 for n in sizes):
                 raise EnsembleSpecError(
-                    f"partition {self.partition!r} must list {self.workers} positive sizes "
-                    f"(one per worker) that sum to particles = {self.particles}"
+                    f"partition {self.partition!r} must list {self.workers} positive row counts "
+                    "(one per worker)"
                 )
             object.__setattr__(self, "partition", sizes)
         _check_number("cpus_per_worker", self.cpus_per_worker, 0.0)
@@ -204,13 +199,6 @@ class EnsembleSettings:
         _check_int("checkpoint_every", self.checkpoint_every, 1)
         _check_int("max_restarts", self.max_restarts, 0)
         _check_bool("progress", self.progress)
-
-    def sizes(self) -> list[int]:
-        """Particles per worker: the partition, or an even split (earlier workers get more)."""
-        if self.partition is not None:
-            return list(self.partition)
-        base, extra = divmod(self.particles, self.workers)
-        return [base + (1 if w < extra else 0) for w in range(self.workers)]
 
     def replace(self, **changes: Any) -> EnsembleSettings:
         """A copy with some fields changed (validated again)."""

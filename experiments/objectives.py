@@ -65,24 +65,32 @@ def score_images(
     experiment: ExperimentConfig, params: Mapping[str, Any] | None = None
 ) -> Iterator[dict[str, float]]:
     """Scores of the first task and method of ``experiment`` per image, with ``params`` on top
-    of the method's overrides; measurements and seeds are those of ``dipswarm run``."""
+    of the method's overrides; measurements, seeds and batches (``execution``) are those of
+    ``dipswarm run``, so a trial's images are solved as batched ensemble runs."""
     import dataclasses
 
     import ensemble
+    from experiments.batches import TaskOperators, solve, split
     from experiments.metrics import ensemble_metrics
-    from experiments.runner import build_operator, load_dataset, sample_image
+    from experiments.runner import load_dataset
 
     task, method = experiment.tasks[0], experiment.methods[0]
     method = dataclasses.replace(method, spec=method.spec.with_overrides(params or {}))
     data = load_dataset(experiment)
-    operator = build_operator(task, tuple(data.images.shape[1:])).to(experiment.device)
+    task_operators = TaskOperators(task, tuple(data.images.shape[1:]))
+    particles = experiment.method_ensemble(method).particles
+    size = experiment.execution.batch_images(particles, experiment.device)
     try:
-        for index in range(len(data.names)):
+        for batch in split(range(len(data.names)), size):
             began = time.perf_counter()
-            truth, y, _, result = sample_image(experiment, task, method, operator, data, index)
-            scores = ensemble_metrics(experiment.metrics, operator, truth, y, result)
-            numbers = {k: float(v) for k, v in scores.items() if isinstance(v, int | float)}
-            yield {**numbers, "nfe": float(result.nfe), "seconds": time.perf_counter() - began}
+            solved = solve(experiment, task, method, task_operators, data.images, batch)
+            seconds = (time.perf_counter() - began) / len(batch)
+            for image in solved:
+                scores = ensemble_metrics(
+                    experiment.metrics, image.operator, image.truth, image.y, image.result
+                )
+                numbers = {k: float(v) for k, v in scores.items() if isinstance(v, int | float)}
+                yield {**numbers, "nfe": float(image.result.nfe), "seconds": seconds}
     finally:
         ensemble.release_workers()
 

@@ -1,10 +1,12 @@
 """Run dataset x tasks x methods: measure, sample with an ensemble, score, save, track.
 
-For each (task, method) and each image: y = A(x*) + noise with a recorded seed, an ensemble
-run (``ensemble.run``), metrics on the selected samples, and the per-image results written to
-the output folder (results.csv row, samples, traces, image grid) before the next image starts.
-``resume`` skips images already finished; an image that fails is recorded with its error and
-the run goes on. Every (task, method) is a child MLflow run under one parent per experiment.
+For each (task, method), the images are solved in batches (``execution.images_per_batch``;
+experiments/batches.py): y = A(x*) + noise with a recorded seed per image, one ensemble run per
+batch, metrics on each image's selected samples, and each image's results written to the
+output folder (results.csv row, samples, traces, image grid) as its batch finishes, before the
+next batch starts. ``resume`` skips images already finished (a half-finished batch re-runs only
+its unfinished images); an image that fails is recorded with its error and the run goes on.
+Every (task, method) is a child MLflow run under one parent per experiment.
 Output layout: see the README ("Experiments").
 """
 
@@ -22,10 +24,9 @@ from typing import Any
 import torch
 
 import ensemble
-import operators
-from ensemble import EnsembleSpec, OperatorSpec
 from ensemble.ray_runtime import ensure_ray
 from experiments import metrics
+from experiments.batches import SolvedImage, TaskOperators, measurement_seed, solve, split
 from experiments.config import (
     ExperimentConfig,
     MethodConfig,
@@ -34,8 +35,6 @@ from experiments.config import (
     dump_config,
     expand,
 )
-from operators import Operator
-from solvers.base import particle_seed
 
 RESULT_COLUMNS = [
     "task",
@@ -56,8 +55,6 @@ RESULT_COLUMNS = [
     "status",
     "error",
 ]
-_MEASUREMENT_SALT = 0x3EA5
-_SAMPLER_SALT = 0x5A3
 
 
 @dataclass
@@ -83,33 +80,6 @@ def load_dataset(config: ExperimentConfig) -> Dataset:
     split = load_builtin_split(data.dataset, data.split, data.size, data.channels)
     count = len(split.names) if data.images == 0 else min(data.images, len(split.names))
     return Dataset(split.images[:count], split.names[:count])
-
-
-def build_operator(task: TaskConfig, image_shape: tuple[int, ...]) -> Operator:
-    """The task's operator for images of ``image_shape`` (``shape`` defaults to it)."""
-    params = {"shape": tuple(image_shape), **expand(task.params), "sigma": task.sigma}
-    params["shape"] = tuple(params["shape"])
-    return operators.build(task.operator, **params)
-
-
-def ensemble_spec(
-    config: ExperimentConfig,
-    task: TaskConfig,
-    method: MethodConfig,
-    operator: Operator,
-    y: torch.Tensor,
-    seed: int,
-) -> EnsembleSpec:
-    """The ensemble run of one image."""
-    return EnsembleSpec(
-        solver=method.spec_for(task),
-        prior=expand(config.prior),
-        operator=OperatorSpec.of(operator),
-        y=y,
-        seed=seed,
-        device=config.device,
-        settings=config.method_ensemble(method).replace(progress=False),
-    )
 
 
 class ResultsFile:
@@ -167,7 +137,7 @@ def run_experiment(
     status = "FAILED"
     try:
         for task in config.tasks:
-            operator = build_operator(task, tuple(data.images.shape[1:]))
+            task_operators = TaskOperators(task, tuple(data.images.shape[1:]))
             for method in config.methods:
                 params = {
                     "task": task.name,
@@ -184,20 +154,26 @@ def run_experiment(
                     ),
                 }
                 with tracker.child(f"{task.name} / {method.name}", _plain(params)) as child:
-                    rows = []
+                    rows: dict[int, dict[str, Any]] = {}
+                    todo = []
                     for index, name in enumerate(data.names):
-                        key = (task.name, method.name, name)
-                        if key in done:
-                            rows.append(done[key])
+                        if (task.name, method.name, name) in done:
+                            rows[index] = done[(task.name, method.name, name)]
+                            bar.update(1)
                         else:
-                            row = _run_image(
-                                config, task, method, operator, data, index, output, child
-                            )
+                            todo.append(index)
+                    particles = config.method_ensemble(method).particles
+                    size = config.execution.batch_images(particles, config.device)
+                    for batch in split(todo, size):
+                        for row in _run_batch(
+                            config, task, method, task_operators, data, batch, output, child
+                        ):
                             results.append(row)
-                            rows.append(row)
+                            rows[row["index"]] = row
                             if on_image is not None:
                                 on_image(row)
-                        bar.update(1)
+                            bar.update(1)
+                    rows = [rows[i] for i in sorted(rows)]
                     child.log_metrics(_aggregate(rows))
         report = write_report(output)
         for path in report.values():
@@ -212,57 +188,83 @@ def run_experiment(
     return output
 
 
-def sample_image(
+def _run_batch(
     config: ExperimentConfig,
     task: TaskConfig,
     method: MethodConfig,
-    operator: Operator,
+    task_operators: TaskOperators,
     data: Dataset,
-    index: int,
-) -> tuple[torch.Tensor, torch.Tensor, EnsembleSpec, ensemble.EnsembleResult]:
-    """(truth, y, spec, result) of image ``index``: its measurement and ensemble run, seeded by
-    (config.seed, index) so that ``dipswarm run`` and ``dipswarm tune`` see the same ones."""
-    truth = data.images[index : index + 1].to(config.device)
-    seed = particle_seed(config.seed ^ _MEASUREMENT_SALT, index)
-    y = operator.to(config.device).measure(truth, torch.Generator().manual_seed(seed))
-    sampler_seed = particle_seed(config.seed ^ _SAMPLER_SALT, index)
-    spec = ensemble_spec(config, task, method, operator, y, sampler_seed)
-    return truth, y, spec, ensemble.run(spec)
+    indices: list[int],
+    output: Path,
+    child: Any,
+) -> list[dict[str, Any]]:
+    """One batch of images: measure, sample, then score and save each image; a batch that
+    fails gives each of its images a failed row (``--resume`` re-runs only those)."""
+    began = time.perf_counter()
+    try:
+        solved = solve(config, task, method, task_operators, data.images, indices)
+    except Exception as err:  # one bad batch must not stop the experiment
+        seconds = (time.perf_counter() - began) / len(indices)
+        with (output / "errors.log").open("a") as log:
+            names = ", ".join(data.names[i] for i in indices)
+            log.write(f"--- {task.name} / {method.name} / {names}\n{traceback.format_exc()}\n")
+        error = f"{type(err).__name__}: {err}"
+        return [
+            {
+                **_identity(config, task, method, data, i),
+                "status": "failed",
+                "error": error,
+                "seconds": seconds,
+            }
+            for i in indices
+        ]
+    seconds = (time.perf_counter() - began) / len(indices)
+    return [
+        _image_row(config, task, method, data, image, seconds, output, child) for image in solved
+    ]
 
 
-def _run_image(
+def _identity(
+    config: ExperimentConfig, task: TaskConfig, method: MethodConfig, data: Dataset, index: int
+) -> dict[str, Any]:
+    """The columns that name an image's row."""
+    return {
+        "task": task.name,
+        "method": method.name,
+        "image": data.names[index],
+        "index": index,
+        "seed": measurement_seed(config, index),
+    }
+
+
+def _image_row(
     config: ExperimentConfig,
     task: TaskConfig,
     method: MethodConfig,
-    operator: Operator,
     data: Dataset,
-    index: int,
+    image: SolvedImage,
+    seconds: float,
     output: Path,
     child: Any,
 ) -> dict[str, Any]:
-    """One image: measure, sample, score, save; errors become a failed row."""
+    """Score one solved image and save its samples, traces and grid (its share of the batch's
+    time as ``seconds``); an error here fails this image only."""
     from experiments.report import image_grid
 
-    name = data.names[index]
-    seed = particle_seed(config.seed ^ _MEASUREMENT_SALT, index)
-    row: dict[str, Any] = {
-        "task": task.name,
-        "method": method.name,
-        "image": name,
-        "index": index,
-        "seed": seed,
-    }
-    began = time.perf_counter()
+    row = _identity(config, task, method, data, image.index)
+    result = image.result
     try:
-        truth, y, spec, result = sample_image(config, task, method, operator, data, index)
-        row.update(metrics.ensemble_metrics(config.metrics, operator, truth, y, result))
         row.update(
-            {"nfe": result.nfe, "particles": spec.settings.particles, "status": "ok", "error": ""}
+            metrics.ensemble_metrics(config.metrics, image.operator, image.truth, image.y, result)
         )
-        row["seconds"] = time.perf_counter() - began
+        particles = config.method_ensemble(method).particles
+        row.update({"nfe": result.nfe, "particles": particles, "status": "ok", "error": ""})
+        row["seconds"] = seconds
         folder = Path(task.name) / method.name
-        stem = name.replace("/", "_")
-        sample_file = _save(output / "samples" / folder / f"{stem}.pt", truth, y, result)
+        stem = data.names[image.index].replace("/", "_")
+        sample_file = _save(
+            output / "samples" / folder / f"{stem}.pt", image.truth, image.y, result
+        )
         trace_file = output / "traces" / folder / f"{stem}.json"
         trace_file.parent.mkdir(parents=True, exist_ok=True)
         trace_file.write_text(json.dumps(result.traces))
@@ -274,16 +276,13 @@ def _run_image(
             {k: v for k, v in result.traces.items() if k in ("loss_best", "alive", "sigma", "ess")},
             prefix=f"{stem}/",
         )
-    except Exception as err:  # one bad image must not stop the experiment
+    except Exception as err:
         row.update(
-            {
-                "status": "failed",
-                "error": f"{type(err).__name__}: {err}",
-                "seconds": time.perf_counter() - began,
-            }
+            {"status": "failed", "error": f"{type(err).__name__}: {err}", "seconds": seconds}
         )
         with (output / "errors.log").open("a") as log:
-            log.write(f"--- {task.name} / {method.name} / {name}\n{traceback.format_exc()}\n")
+            log.write(f"--- {row['task']} / {row['method']} / {row['image']}\n")
+            log.write(f"{traceback.format_exc()}\n")
     return row
 
 

@@ -39,6 +39,12 @@ def operator_class(name: str) -> type[Operator]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def parameters(name: str) -> list[str]:
+    """The build parameters operator ``name`` accepts."""
+    signature = inspect.signature(operator_class(name).__init__)
+    return [p for p in signature.parameters if p != "self"]
+
+
 def check_params(name: str, params: Mapping[str, Any], filled: tuple[str, ...] = ()) -> None:
     """Refuse unknown or missing build parameters of operator ``name`` without building it,
     naming the parameters it accepts (so a config fails before any work); ``filled`` names

@@ -68,7 +68,17 @@ def test_yaml_and_dotted_overrides(tmp_path: Path) -> None:
         ),
         (["methods.daps.overrides.stepsize=1"], r"has no field\(s\) stepsize"),
         (["ensemble.backend=slurm"], r"ensemble\.backend = 'slurm'; allowed: local, ray"),
-        (["ensemble.workers=3"], r"ensemble\.workers = 3 exceeds particles = 1"),
+        (
+            ["ensemble.workers=3", "execution.images_per_batch=2"],
+            r"methods\.daps\.ensemble\.workers = 3 exceeds the rows of a batch \(particles 1 x "
+            r"execution\.images_per_batch 2\)",
+        ),
+        (["execution.images_per_batch=0"], r"execution\.images_per_batch = 0; use a positive"),
+        (
+            ["tasks.sr.per_image_operator=true"],
+            r"tasks\.sr\.per_image_operator: super_resolution has no random parts .*inpaint_random",
+        ),
+        (["execution.images_per_batch=most"], r"execution\.images_per_batch = 'most'"),
         (
             ["ensemble.repulsion.strength=2"],
             r"unknown field\(s\) ensemble\.repulsion\.strength; allowed in ensemble\.repulsion",

@@ -182,7 +182,10 @@ def test_operator_specs_rebuild_random_parts() -> None:
     ("changes", "match"),
     [
         (lambda: {"backend": "slurm"}, "backend = 'slurm'; allowed"),
-        (lambda: {"workers": 7}, "workers = 7 exceeds particles = 6"),
+        (
+            lambda: {"workers": 7},
+            r"workers = 7 exceeds the 6 rows \(problems x particles = 1 x 6\)",
+        ),
         (lambda: {"workers": 2, "partition": (2, 3)}, "partition"),
         (lambda: {"pruning": Pruning(steps=(3,), keep=(2, 1))}, "same length"),
         (lambda: {"pruning": Pruning(steps=(3,), keep=(9,))}, "survivor counts"),
