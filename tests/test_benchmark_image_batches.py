@@ -53,7 +53,7 @@ def result(image: str, psnr: float, status: str = "ok", seed: int = 7) -> dict[s
 
 
 def run_row(method: str, size: int, seconds: float, output: str = "") -> RunRow:
-    return RunRow(method, size, 16, seconds, 1000.0 + size, 10.0 * size, output)
+    return RunRow(method, size, 16, seconds, 3.0 * seconds, 1000.0 + size, 10.0 * size, output)
 
 
 def test_relative_difference():
@@ -92,11 +92,14 @@ def test_throughput_table_and_targets(tmp_path):
         run_row("dps", 16, 32.0, str(write_results(tmp_path / "p16", off))),
     ]
     table = bench.throughput_table(rows).splitlines()
-    assert table[2] == "| daps_hmc | 1 | 16 | 32.0 | 0.500 | 1.00 | 1001 | 10 |"
-    assert table[3] == "| daps_hmc | 16 | 16 | 8.0 | 2.000 | 4.00 | 1016 | 160 |"
-    assert table[5] == "| dps | 16 | 16 | 32.0 | 0.500 | 2.00 | 1016 | 160 |"
+    assert table[2] == "| daps_hmc | 1 | 16 | 32.0 | 0.500 | 1.00 | 96.0 | 1.00 | 1001 | 10 |"
+    assert table[3] == "| daps_hmc | 16 | 16 | 8.0 | 2.000 | 4.00 | 24.0 | 4.00 | 1016 | 160 |"
+    rows[3].cpu_seconds = 48.0  # CPU time need not scale like wall time
+    table = bench.throughput_table(rows).splitlines()
+    assert table[5] == "| dps | 16 | 16 | 32.0 | 0.500 | 2.00 | 48.0 | 4.00 | 1016 | 160 |"
     lines = bench.target_lines(rows)
     assert "PASS: daps_hmc images/s at 16/batch = 4.00x" in lines[-2]
+    assert "per CPU second: 4.00x" in lines[-2]
     assert lines[-1].startswith("FAIL: results.csv identical")  # dps differs by 1%
     assert "dps: 16/batch vs 1/batch, max relative difference" in lines[1]
     slow = [
@@ -142,7 +145,7 @@ def test_a_real_two_image_run_is_identical_for_one_and_two_images_per_batch(tmp_
         ("daps_hmc", 1, 2),
         ("daps_hmc", 2, 2),
     ]
-    assert all(r.seconds > 0 and r.peak_mb >= r.growth_mb >= 0 for r in rows)
+    assert all(r.seconds > 0 and r.cpu_seconds > 0 and r.peak_mb >= r.growth_mb >= 0 for r in rows)
     assert len(bench.read_results(rows[0].output)) == 2
     assert Path(rows[0].output + "-warmup", "results.csv").exists()
     lines = bench.target_lines(rows)
