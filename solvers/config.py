@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 
 class SolverConfigError(ValueError):
@@ -36,9 +36,23 @@ def choice(default: str, options: tuple[str, ...], source: str = "") -> Any:
     return field(default=default, metadata={"choices": options, "source": source})
 
 
+class Order(NamedTuple):
+    """Two fields whose values must be ordered: ``low <= high``, or ``low < high`` if strict."""
+
+    low: str
+    high: str
+    strict: bool = False
+    why: str = ""
+
+
 @dataclass(frozen=True)
 class SolverConfig:
-    """Base of every solver's config: validated on construction."""
+    """Base of every solver's config: validated on construction.
+
+    ``orders`` lists the pairs of fields that must be ordered; a subclass extends its parent's.
+    """
+
+    orders: ClassVar[tuple[Order, ...]] = ()
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -65,6 +79,15 @@ class SolverConfig:
                 raise SolverConfigError(
                     f"{type(self).__name__}.{f.name} = {value!r}; allowed: "
                     f"{', '.join(map(repr, f.metadata['choices']))}"
+                )
+        for order in self.orders:
+            low, high = getattr(self, order.low), getattr(self, order.high)
+            if low > high or (order.strict and low == high):
+                relation = "must be below" if order.strict else "must not exceed"
+                why = f": {order.why}" if order.why else ""
+                raise SolverConfigError(
+                    f"{type(self).__name__}.{order.low} = {low:g} {relation} "
+                    f"{order.high} = {high:g}{why}"
                 )
 
     @classmethod

@@ -65,7 +65,7 @@ from solvers.base import (
     measurement_rows,
     particle_randn,
 )
-from solvers.config import SolverConfig, SolverConfigError, choice, hyper
+from solvers.config import Order, SolverConfig, choice, hyper
 from solvers.preset import SEED_TASKS as TASKS
 from solvers.preset import Preset
 from solvers.priors import ode
@@ -112,13 +112,7 @@ class DAPSConfig(SolverConfig):
     )
     latent_grad_clamp: float = hyper(1.0, 0.0, 1e3, source=f"LatentDAPS; {_REF}; 0 = off")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.sigma_min > self.sigma_max:
-            raise SolverConfigError(
-                f"{type(self).__name__}.sigma_min = {self.sigma_min} must not exceed "
-                f"sigma_max = {self.sigma_max}"
-            )
+    orders = (Order("sigma_min", "sigma_max"),)
 
 
 LATENT_SCHEDULE: dict[str, Any] = {

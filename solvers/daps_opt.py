@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from operators import Operator
-from solvers.config import SolverConfigError, choice, hyper
+from solvers.config import Order, choice, hyper
 from solvers.daps import (
     DAPS,
     GMM_PRESETS,
@@ -57,13 +57,7 @@ class DAPSOptConfig(DAPSConfig):
         5e-3, 1e-6, 1.0, log=True, source="ReSample latent optimisation lr; Kim 2025 gives none"
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.opt_start > self.opt_end:
-            raise SolverConfigError(
-                f"{type(self).__name__}.opt_start = {self.opt_start} must not exceed "
-                f"opt_end = {self.opt_end}"
-            )
+    orders = (*DAPSConfig.orders, Order("opt_start", "opt_end"))
 
 
 def _opt_presets() -> dict[str, Preset]:

@@ -60,7 +60,7 @@ from solvers.base import (
     measurement_rows,
     particle_randn,
 )
-from solvers.config import SolverConfigError, choice, hyper
+from solvers.config import Order, choice, hyper
 from solvers.preset import Preset
 from solvers.registry import register
 from solvers.schedules import (
@@ -100,13 +100,10 @@ class DPSConfig(DDPMScheduleConfig):
         "linear", BETA_SCHEDULES, source="DDPM linear (ADM / DPS); scaled_linear for LDM"
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.num_steps > self.train_steps:
-            raise SolverConfigError(
-                f"{type(self).__name__}: num_steps ({self.num_steps}) cannot exceed train_steps "
-                f"({self.train_steps}): the grid respaces the training timesteps"
-            )
+    orders = (
+        *DDPMScheduleConfig.orders,
+        Order("num_steps", "train_steps", why="the grid respaces the training timesteps"),
+    )
 
 
 @dataclass(frozen=True)

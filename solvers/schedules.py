@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from solvers.config import SolverConfig, SolverConfigError, hyper
+from solvers.config import Order, SolverConfig, hyper
 
 BETA_SCHEDULES = ("linear", "scaled_linear")
 SCHEDULE_VARIANTS = ("main", "legacy")
@@ -157,10 +157,4 @@ class DDPMScheduleConfig(SolverConfig):
     beta_end: float = beta_end_field()
     train_steps: int = hyper(1000, 2, 100000, log=True, source="DDPM (Ho et al. 2020): T = 1000")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.beta_start >= self.beta_end:
-            raise SolverConfigError(
-                f"{type(self).__name__}: beta_start ({self.beta_start:g}) must be below "
-                f"beta_end ({self.beta_end:g})"
-            )
+    orders = (Order("beta_start", "beta_end", strict=True),)

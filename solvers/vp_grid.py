@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 
 from solvers.base import Solver, SolverInputError
-from solvers.config import SolverConfig, SolverConfigError, choice, hyper
+from solvers.config import Order, SolverConfig, choice, hyper
 from solvers.priors.base import Prior
 from solvers.priors.vp import VPDenoiser
 from solvers.schedules import (
@@ -44,13 +44,10 @@ class VPGridConfig(DDPMScheduleConfig):
     karras_sigma_max: float = hyper(80.0, 1.0, 1e4, log=True, source="EDM (Karras et al.)")
     karras_rho: float = hyper(7.0, 1.0, 20.0, source="EDM (Karras et al.)")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.karras_sigma_min < self.karras_sigma_max:
-            raise SolverConfigError(
-                f"{type(self).__name__}: karras_sigma_min ({self.karras_sigma_min:g}) must be < "
-                f"karras_sigma_max ({self.karras_sigma_max:g})"
-            )
+    orders = (
+        *DDPMScheduleConfig.orders,
+        Order("karras_sigma_min", "karras_sigma_max", strict=True),
+    )
 
 
 def alpha_bar_table(prior: Prior, config: VPGridConfig) -> torch.Tensor:

@@ -83,5 +83,9 @@ def test_ddpm_hyperparameters_are_declared_once(name: str) -> None:
 
 def test_beta_order_is_checked_for_every_solver() -> None:
     for cls in (DPSConfig, VPGridConfig):
-        with pytest.raises(SolverConfigError, match=f"{cls.__name__}: beta_start"):
+        with pytest.raises(
+            SolverConfigError, match=rf"{cls.__name__}\.beta_start = 0\.03 must be below beta_end"
+        ):
             cls(beta_start=0.03, beta_end=0.02)
+        with pytest.raises(SolverConfigError, match="must be below"):
+            cls(beta_start=0.02, beta_end=0.02)
