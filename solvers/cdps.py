@@ -232,12 +232,18 @@ class CDPS(VPGridSolver):
     def chain_noise_std(self, operator: Operator | None = None) -> float:
         """rho, the std of the measurement chain's increments of one problem's ``operator``
         (default: the run's), by power iteration for ||A||."""
-        op, prior, config = self.operator if operator is None else operator, self.prior, self.config
-        assert isinstance(op, LinearOperator) and prior is not None
+        op, prior, config = self._linear(operator), self.prior, self.config
+        assert prior is not None
         if config.chain_noise_units == "absolute":
             return config.chain_noise
         like = torch.empty(1, *prior.shape, dtype=prior.dtype, device=prior.device)
         return config.chain_noise * math.sqrt(largest_eigenvalue(op.normal, like))
+
+    def _linear(self, operator: Operator | None) -> LinearOperator:
+        """``operator`` (a problem's, for rows of several problems) or else the run's."""
+        op = self.operator if operator is None else operator
+        assert isinstance(op, LinearOperator)
+        return op
 
     def _solve(self, rhs: torch.Tensor, s: int, op: Operator) -> torch.Tensor:
         """Lambda^-1 rhs by CG, started at rhs / c (exact on the null space of A)."""
@@ -258,8 +264,8 @@ class CDPS(VPGridSolver):
         operator: Operator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mu, D(x_t), non-finite rows): Lambda mu = c x_t' + A^T (y_{s-1} - b) / Sigma + force."""
-        prior, op = self.prior, self.operator if operator is None else operator
-        assert prior is not None and isinstance(op, LinearOperator)
+        prior, op = self.prior, self._linear(operator)
+        assert prior is not None
         ab_s, ab, beta = float(self.levels[s]), float(self.levels[s - 1]), self.beta(s)
         c, sigma = self._precision(s, op, x)
         denoised = prior.denoise(x / math.sqrt(ab_s), level_sigma(prior, ab_s))
@@ -283,8 +289,7 @@ class CDPS(VPGridSolver):
         operator: Operator | None = None,
     ) -> torch.Tensor:
         """v ~ N(0, Lambda^-1) (PW-CG): solve Lambda v = sqrt(c) e1 + A^T e2 / sqrt(Sigma)."""
-        op = self.operator if operator is None else operator
-        assert isinstance(op, LinearOperator)
+        op = self._linear(operator)
         c, sigma = self._precision(s, op, like)
         e1 = particle_randn(gens, like)
         e2 = particle_randn(gens, torch.empty(like.shape[0], *op.output_shape, dtype=like.dtype))
@@ -300,8 +305,7 @@ class CDPS(VPGridSolver):
         operator: Operator | None = None,
     ) -> torch.Tensor:
         """y_{s-1} ~ q(y_{s-1} | y_s, y_0 = y), the DDPM posterior of the measurement chain."""
-        op = self.operator if operator is None else operator
-        assert op is not None
+        op = self._linear(operator)
         ab_s, ab = float(self.levels[s]), float(self.levels[s - 1])
         beta = self.beta(s)
         mean = (math.sqrt(ab) * beta * y + math.sqrt(1 - beta) * (1 - ab) * y_s) / (1 - ab_s)

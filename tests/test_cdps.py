@@ -16,6 +16,7 @@ from solvers.base import SolverInputError, particle_generators
 from solvers.cdps import CDPS
 from solvers.config import SolverConfigError
 from solvers.priors.gmm import GaussianMixture, mcgdiff_problem
+from tests.faulty import NaNMixture
 
 F64 = torch.float64
 MEAN = torch.tensor([[1.0, -2.0, 0.5]], dtype=F64)
@@ -194,7 +195,8 @@ def test_gmm_benchmark_against_measured_thresholds() -> None:
 def test_nonfinite_particles_are_stopped() -> None:
     p = mcgdiff_problem(8, 2, 0)
     clean = solvers.build("cdps", steps=10).sample(p.prior, p.operator, p.y, n=4, seed=2)
-    faulty = _Faulty(p.prior)
+    # NaN for particles whose first coordinate starts positive (sigma > 100: the first steps)
+    faulty = NaNMixture(p.prior, lambda x, sigma: (x[:, 0] > 0) & (sigma > 100))
     result = solvers.build("cdps", steps=10).sample(faulty, p.operator, p.y, n=4, seed=2)
     x_top = solvers.build("cdps", steps=10).init(p.prior, p.operator, p.y, n=4, seed=2).x
     bad = x_top[:, 0] > 0
@@ -232,15 +234,3 @@ def test_bad_input_raises_clear_errors() -> None:
         solvers.build("cdps", beta_start=0.01, beta_end=0.005)
     with pytest.raises(SolverConfigError, match="no field"):
         solvers.build("cdps", betas=0.1)
-
-
-class _Faulty(GaussianMixture):
-    """The GMM prior, but NaN for particles whose first coordinate starts positive."""
-
-    def __init__(self, base: GaussianMixture) -> None:
-        super().__init__(base.means, base.weights, base.std)
-
-    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        out = super()._denoise(x, sigma)
-        bad = (x[:, 0] > 0) & (sigma > 100)
-        return torch.where(bad[:, None], torch.full_like(out, math.nan), out)

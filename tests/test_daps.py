@@ -22,6 +22,7 @@ from solvers.daps import DAPS, GMM_PRESETS, DAPSConfig
 from solvers.daps_opt import DAPSOpt
 from solvers.priors.gmm import GaussianMixture, GMMProblem, mcgdiff_problem
 from solvers.schedules import annealing_sigmas, poly_sigmas
+from tests.faulty import NaNMixture
 
 F64 = torch.float64
 FAST = {"annealing_steps": 4, "mcmc_steps": 3}
@@ -227,14 +228,6 @@ def test_latent_data_gradient_is_clamped_before_weighting() -> None:
 # -- non-finite particles -------------------------------------------------------------------------
 
 
-class _NaNPrior(GaussianMixture):
-    """A mixture whose denoiser fails (NaN) at sigma = 10 on rows whose first coordinate > 5."""
-
-    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        out = super()._denoise(x, sigma)
-        return torch.where((x[:, :1] > 5) & (sigma[:, None] == 10), math.nan, out)
-
-
 class _NaNOperator(MatrixOperator):
     """A matrix operator that returns NaN for rows with a negative first coordinate."""
 
@@ -249,7 +242,8 @@ def test_nonfinite_particles_stop_and_the_others_finish() -> None:
     clean = solver.sample(p.prior, p.operator, p.y, n=6, seed=0)
     start = solver.init(p.prior, p.operator, p.y, n=6, seed=0).x
     bad = start[:, 0] > 5
-    nan_prior = _NaNPrior(p.prior.means, p.prior.weights)
+    # the denoiser fails (NaN) at sigma = 10 on rows whose first coordinate > 5
+    nan_prior = NaNMixture(p.prior, lambda x, sigma: (x[:, 0] > 5) & (sigma == 10))
     for prior, operator in [(nan_prior, p.operator), (p.prior, _NaNOperator(p.operator.A, 0.3))]:
         result = solver.sample(prior, operator, p.y, n=6, seed=0)
         stopped = torch.tensor([s != "ok" for s in result.status])

@@ -20,6 +20,7 @@ from solvers.priors.gmm import GaussianMixture, GMMProblem, mcgdiff_problem
 from solvers.priors.vp import VPDenoiser
 from solvers.resample import ReSample, adamw_minimise
 from solvers.vp_grid import ddim_levels, ddpm_levels
+from tests.faulty import NaNMixture
 
 F64 = torch.float64
 # Small enough for the unit tests: 12 DDIM indices, events at 8, 6 (pixel), 4, 2 (latent).
@@ -234,7 +235,8 @@ def test_gmm_preset_against_measured_thresholds() -> None:
 def test_nonfinite_particles_are_stopped_and_others_unaffected() -> None:
     p = _problem()
     clean = solvers.build("resample", **TINY).sample(p.prior, p.operator, p.y, n=4, seed=2)
-    faulty = _Faulty(p.prior)
+    # NaN for particles whose first coordinate starts positive (sigma > 50: the first steps)
+    faulty = NaNMixture(p.prior, lambda x, sigma: (x[:, 0] > 0) & (sigma > 50))
     result = solvers.build("resample", **TINY).sample(faulty, p.operator, p.y, n=4, seed=2)
     state = solvers.build("resample", **TINY).init(p.prior, p.operator, p.y, n=4, seed=2)
     bad = state.x[:, 0] > 0
@@ -284,15 +286,3 @@ def test_pixel_prior_and_nonlinear_operator_run() -> None:
 class _Zero(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(x)
-
-
-class _Faulty(GaussianMixture):
-    """The GMM prior, but NaN for particles whose first coordinate starts positive."""
-
-    def __init__(self, base: GaussianMixture) -> None:
-        super().__init__(base.means, base.weights, base.std)
-
-    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        out = super()._denoise(x, sigma)
-        bad = (x[:, 0] > 0) & (sigma > 50)
-        return torch.where(bad[:, None], torch.full_like(out, math.nan), out)
