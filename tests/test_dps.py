@@ -12,7 +12,7 @@ from experiments.metrics import sliced_wasserstein
 from operators.matrix import MatrixOperator
 from solvers.base import STATUS_NONFINITE, SolverInputError, particle_randn
 from solvers.config import SolverConfigError
-from solvers.dps import DPS, DPSConfig, LatentDPS, ddpm_sigmas
+from solvers.dps import DPSConfig, LatentDPS, ddpm_sigmas
 from solvers.priors.gmm import mcgdiff_problem
 
 
@@ -197,13 +197,6 @@ def test_bad_input_raises(problem, latent_problem):
     wrong = MatrixOperator(torch.ones(2, 6, dtype=torch.float64), sigma=0.1)
     with pytest.raises(SolverInputError, match="acts on"):
         dps.init(problem.prior, wrong, problem.y)
-    with pytest.raises(SolverInputError, match="init"):
-        DPS().step(None, 0)
-    state = dps.init(problem.prior, problem.operator, problem.y, n=2)
-    with pytest.raises(SolverInputError, match="step index"):
-        dps.step(state, 5)
-    with pytest.raises(SolverInputError, match="force"):
-        dps.step(state, 0, force=torch.zeros(3, 4))
     for bad in ({"zeta": -1.0}, {"num_steps": 0}, {"eta": 2.0}, {"step_rule": "x"}):
         with pytest.raises(SolverConfigError):
             solvers.build("dps", **bad)

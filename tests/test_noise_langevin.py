@@ -13,7 +13,6 @@ from experiments.metrics import sliced_wasserstein
 from operators.matrix import MatrixOperator
 from solvers.base import STATUS_NONFINITE, SolverInputError, particle_randn
 from solvers.config import SolverConfigError
-from solvers.noise_langevin import NoiseLangevin
 from solvers.priors import ode
 from solvers.priors.base import Prior
 from solvers.priors.gmm import GaussianMixture, mcgdiff_problem
@@ -268,13 +267,6 @@ def test_bad_input_raises(problem):
     wrong = MatrixOperator(torch.ones(2, 6, dtype=F64), sigma=0.1)
     with pytest.raises(SolverInputError, match="acts on"):
         solver.init(problem.prior, wrong, problem.y)
-    with pytest.raises(SolverInputError, match="init"):
-        NoiseLangevin().step(None, 0)
-    state = solver.init(problem.prior, problem.operator, problem.y, n=2)
-    with pytest.raises(SolverInputError, match="step index"):
-        solver.step(state, solver.num_steps)
-    with pytest.raises(SolverInputError, match="force"):
-        solver.step(state, 0, force=torch.zeros(2, 5))
     with pytest.raises(SolverInputError, match="generator_sigma_min"):
         _build(generator_sigma_min=5.0, generator_sigma_max=1.0).init(
             problem.prior, problem.operator, problem.y

@@ -20,7 +20,7 @@ from solvers.priors.gmm import GaussianMixture, GMMProblem, mcgdiff_problem
 from solvers.priors.vp import VPDenoiser
 from solvers.resample import ReSample, adamw_minimise
 from solvers.vp_grid import ddim_levels, ddpm_levels
-from tests.faulty import NaNMixture
+from tests.faulty import check_early_failures_stop_only_their_rows
 
 F64 = torch.float64
 # Small enough for the unit tests: 12 DDIM indices, events at 8, 6 (pixel), 4, 2 (latent).
@@ -234,17 +234,9 @@ def test_gmm_preset_against_measured_thresholds() -> None:
 
 def test_nonfinite_particles_are_stopped_and_others_unaffected() -> None:
     p = _problem()
-    clean = solvers.build("resample", **TINY).sample(p.prior, p.operator, p.y, n=4, seed=2)
-    # NaN for particles whose first coordinate starts positive (sigma > 50: the first steps)
-    faulty = NaNMixture(p.prior, lambda x, sigma: (x[:, 0] > 0) & (sigma > 50))
-    result = solvers.build("resample", **TINY).sample(faulty, p.operator, p.y, n=4, seed=2)
-    state = solvers.build("resample", **TINY).init(p.prior, p.operator, p.y, n=4, seed=2)
-    bad = state.x[:, 0] > 0
-    assert 0 < int(bad.sum()) < 4
-    status = torch.tensor([s != "ok" for s in result.status])
-    assert torch.equal(status, bad)
-    assert torch.isnan(result.samples[bad]).all()
-    torch.testing.assert_close(result.samples[~bad], clean.samples[~bad], rtol=1e-10, atol=1e-10)
+    faulty, bad = check_early_failures_stop_only_their_rows(
+        lambda: solvers.build("resample", **TINY), p, 50
+    )
     solver = solvers.build("resample", **TINY)
     state = solver.step(solver.init(faulty, p.operator, p.y, n=4, seed=2), 0)
     assert state.status[bad].eq(STATUS_NONFINITE).all() and state.active.eq(~bad).all()

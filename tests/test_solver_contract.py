@@ -148,6 +148,17 @@ def test_force_is_an_extra_drift_of_the_state_shape(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", solvers.available())
+def test_a_step_before_init_or_outside_the_grid_is_refused(name: str) -> None:
+    solver, p = _case(name)
+    with pytest.raises(SolverInputError, match=r"call init\(prior, operator, y, \.\.\.\) before"):
+        solver.step(None, 0)  # type: ignore[arg-type]
+    state = solver.init(p.prior, p.operator, p.y, n=2)
+    for k in (-1, solver.num_steps, 0.5):
+        with pytest.raises(SolverInputError, match=r"step index k must be an integer in \[0, "):
+            solver.step(state, k)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", solvers.available())
 def test_bad_measurements_are_refused_with_the_fix(name: str) -> None:
     solver, p = _case(name)
     with pytest.raises(SolverInputError, match=r"y has shape \(3,\)"):
