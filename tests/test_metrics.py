@@ -76,6 +76,20 @@ def _skimage_unit(x: torch.Tensor) -> np.ndarray:
     return np.clip((x.permute(1, 2, 0).numpy() + 1) / 2, 0, 1)
 
 
+def _skimage_ssim(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """scikit-image's SSIM of one (C, H, W) pair with the settings of Wang et al. 2004 (11x11
+    Gaussian window, sigma 1.5, population covariance), the reference protocol."""
+    return structural_similarity(
+        _skimage_unit(reference),
+        _skimage_unit(x),
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1.0,
+        channel_axis=2,
+    )
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_psnr_and_ssim_match_skimage_per_sample(channels: int) -> None:
     distorted, reference = _distorted_pairs(channels)
@@ -85,15 +99,7 @@ def test_psnr_and_ssim_match_skimage_per_sample(channels: int) -> None:
     for i in range(4):
         a, b = _skimage_unit(distorted[i]), _skimage_unit(reference[i])
         want_psnr = peak_signal_noise_ratio(b, a, data_range=1.0)
-        want_ssim = structural_similarity(
-            b,
-            a,
-            gaussian_weights=True,
-            sigma=1.5,
-            use_sample_covariance=False,
-            data_range=1.0,
-            channel_axis=2,
-        )
+        want_ssim = _skimage_ssim(distorted[i], reference[i])
         assert got_psnr[i].item() == pytest.approx(want_psnr, abs=1e-4)
         assert got_ssim[i].item() == pytest.approx(want_ssim, abs=1e-4)
     # The distortions differ in strength, so the values must too (no constant output).
@@ -148,16 +154,7 @@ def test_ssim_on_the_smallest_image_and_other_channel_counts() -> None:
     )
     got = metrics.ssim(x, reference)
     for i in range(2):
-        want = structural_similarity(
-            _skimage_unit(reference[i]),
-            _skimage_unit(x[i]),
-            gaussian_weights=True,
-            sigma=1.5,
-            use_sample_covariance=False,
-            data_range=1.0,
-            channel_axis=2,
-        )
-        assert got[i].item() == pytest.approx(want, abs=1e-6)
+        assert got[i].item() == pytest.approx(_skimage_ssim(x[i], reference[i]), abs=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -253,14 +253,14 @@ def test_bad_input_raises_clear_errors() -> None:
     hdr = operators.build("hdr", shape=(8,), sigma=0.1)
     with pytest.raises(SolverInputError, match="pixel_solver='cg'"):
         solvers.build("resample", pixel_solver="cg").init(p.prior, hdr, torch.zeros(8, dtype=F64))
-    with pytest.raises(SolverConfigError, match=r"gamma = -1.*allowed"):
-        solvers.build("resample", gamma=-1)
-    with pytest.raises(SolverConfigError, match="pixel_solver"):
-        solvers.build("resample", pixel_solver="lbfgs")
-    with pytest.raises(SolverConfigError, match="stage1_fraction \\+ stage3_fraction"):
-        solvers.build("resample", stage1_fraction=0.8, stage3_fraction=0.5)
-    with pytest.raises(SolverConfigError, match="steps must be an integer"):
-        solvers.build("resample", steps=10.5)
+    for bad, match in (
+        ({"gamma": -1}, r"gamma = -1.*allowed"),
+        ({"pixel_solver": "lbfgs"}, "pixel_solver"),
+        ({"stage1_fraction": 0.8, "stage3_fraction": 0.5}, r"stage1_fraction \+ stage3_fraction"),
+        ({"steps": 10.5}, "steps must be an integer"),
+    ):
+        with pytest.raises(SolverConfigError, match=match):
+            solvers.build("resample", **bad)
     with pytest.raises(SolverInputError, match="steps = 2000 exceeds"):
         solvers.build("resample", steps=2000).init(p.prior, p.operator, p.y)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -10,53 +9,37 @@ import pytest
 import torch
 
 from experiments import metrics
-from experiments.config import load_config
+from experiments.config import ExperimentConfig
 from experiments.runner import run_experiment
+from tests.digits_runs import daps_method, digits_config, result_rows
 
 pytestmark = pytest.mark.slow
 
-FAST = {"annealing_steps": 3, "mcmc_steps": 2, "ode_steps": 1, "sigma_max": 20.0}
 
-
-def _config(output: Path, images: int = 2, **extra: Any):
-    base = {
-        "name": "unit",
-        "prior": "digits",
-        "data": {"dataset": "digits", "split": "test", "images": images},
-        "tasks": [{"name": "box", "operator": "inpaint_box", "params": {"box": 16, "margin": 4}}],
-        "methods": [
-            {"name": "daps", "solver": "daps", "preset": "pixel_hmc/{task}", "overrides": FAST},
-            {
-                "name": "broken",
-                "solver": "daps",
-                "preset": "pixel_hmc/{task}",
-                "overrides": FAST,
-                "ensemble": {
-                    "particles": 2,
-                    "features": "dino",
-                    "dino_model": str(output / "none"),
-                    "repulsion": {"weight": 1.0},
-                },
-            },
-        ],
-        "metrics": {"lpips": True, "lpips_net": "vgg", "lpips_random_backbone": True},
-        "tracking": {"experiment": "unit"},
-        "output": str(output),
-        **extra,
+def _config(output: Path, images: int = 2) -> ExperimentConfig:
+    """DAPS, and a "broken" ensemble whose DINO feature model does not exist."""
+    broken = {
+        "particles": 2,
+        "features": "dino",
+        "dino_model": str(output / "none"),
+        "repulsion": {"weight": 1.0},
     }
-    return load_config(None, [], base=base)
-
-
-def _rows(output: Path) -> list[dict[str, str]]:
-    with (output / "results.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
+    return digits_config(
+        "unit",
+        output,
+        images,
+        [daps_method(), daps_method("broken", ensemble=broken)],
+        [],
+        metrics={"lpips": True, "lpips_net": "vgg", "lpips_random_backbone": True},
+        tracking={"experiment": "unit"},
+    )
 
 
 def test_runs_scores_saves_and_resumes(tmp_path: Path) -> None:
     output = tmp_path / "run"
     seen: list[dict[str, Any]] = []
     run_experiment(_config(output, images=1), progress=False, on_image=seen.append)
-    first = _rows(output)
+    first = result_rows(output)
     assert [(r["method"], r["status"]) for r in first] == [("daps", "ok"), ("broken", "failed")]
     assert (
         first[1]["error"].startswith("FileNotFoundError: dino_model")
@@ -77,7 +60,7 @@ def test_runs_scores_saves_and_resumes(tmp_path: Path) -> None:
     run_experiment(_config(output, images=2), resume=True, progress=False, on_image=seen.append)
     # finished image skipped; the failed one and the new image run
     assert [(r["method"], r["index"]) for r in seen] == [("daps", 1), ("broken", 0), ("broken", 1)]
-    rows = _rows(output)
+    rows = result_rows(output)
     assert rows[0] == first[0] and len(rows) == 5
 
 
@@ -97,7 +80,7 @@ def test_mlflow_tree_has_parent_children_params_metrics_and_artifacts(tmp_path: 
     assert parent.data.params["data.images"] == "1"
     ok = next(c for c in children if c.data.params["method"] == "daps")
     assert ok.info.status == "FINISHED"
-    row = _rows(output)[0]
+    row = result_rows(output)[0]
     assert ok.data.metrics["psnr_mean"] == pytest.approx(float(row["psnr"]))
     image = row["image"]
     history = client.get_metric_history(ok.info.run_id, f"{image}/loss_best")

@@ -3,7 +3,6 @@ on the batch size, resume works per image, and a batch that runs out of memory i
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -12,44 +11,29 @@ import torch
 
 import ensemble
 from experiments.batches import TaskOperators
-from experiments.config import load_config
+from experiments.config import ExperimentConfig
 from experiments.runner import run_experiment
+from tests.digits_runs import daps_method, digits_config, result_rows
 
 pytestmark = pytest.mark.slow
 
-FAST = {"annealing_steps": 3, "mcmc_steps": 2, "ode_steps": 1, "sigma_max": 20.0}
 SCORES = ("psnr", "ssim", "measurement_loss", "diversity")
 
 
-def _config(output: Path, batch: int | str, *extra: str, images: int = 4):
-    base = {
-        "name": "batches",
-        "prior": "digits",
-        "data": {"dataset": "digits", "split": "test", "images": images},
-        "tasks": [{"name": "box", "operator": "inpaint_box", "params": {"box": 16, "margin": 4}}],
-        "methods": [
-            {
-                "name": "daps",
-                "solver": "daps",
-                "preset": "pixel_hmc/{task}",
-                "overrides": FAST,
-                "ensemble": {"particles": 2, "selection": "best"},
-            }
-        ],
-        "metrics": {"lpips": False},
-        "tracking": {"enabled": False},
-        "output": str(output),
-    }
-    return load_config(None, [f"execution.images_per_batch={batch}", *extra], base=base)
-
-
-def _rows(output: Path) -> list[dict[str, str]]:
-    with (output / "results.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
+def _config(output: Path, batch: int | str, *extra: str, images: int = 4) -> ExperimentConfig:
+    return digits_config(
+        "batches",
+        output,
+        images,
+        [daps_method(ensemble={"particles": 2, "selection": "best"})],
+        [f"execution.images_per_batch={batch}", *extra],
+        metrics={"lpips": False},
+        tracking={"enabled": False},
+    )
 
 
 def _scores(output: Path) -> dict[str, dict[str, float]]:
-    rows = _rows(output)
+    rows = result_rows(output)
     assert all(r["status"] == "ok" for r in rows), rows
     return {r["image"]: {k: float(r[k]) for k in SCORES} for r in rows}
 
@@ -67,7 +51,7 @@ def test_results_do_not_depend_on_the_batch_size(tmp_path: Path) -> None:
     for batch in (1, 2, 4):
         output = tmp_path / f"batch{batch}"
         run_experiment(_config(output, batch), progress=False)
-        rows = _rows(output)
+        rows = result_rows(output)
         assert [r["index"] for r in rows] == ["0", "1", "2", "3"]
         assert len({r["seed"] for r in rows}) == 4  # one measurement seed per image
         scores[batch] = _scores(output)
@@ -90,7 +74,7 @@ def test_a_stopped_batch_resumes_its_unfinished_images_only(tmp_path: Path, monk
 
     with pytest.raises(KeyboardInterrupt):
         run_experiment(_config(output, 1), progress=False, on_image=stop_after_three)
-    assert [r["index"] for r in _rows(output)] == ["0", "1", "2"]
+    assert [r["index"] for r in result_rows(output)] == ["0", "1", "2"]
 
     calls: list[int] = []
     original = ensemble.Ensemble.run_all
@@ -105,7 +89,7 @@ def test_a_stopped_batch_resumes_its_unfinished_images_only(tmp_path: Path, monk
         _config(output, 2), resume=True, progress=False, on_image=lambda r: seen.append(r["index"])
     )
     assert seen == [3] and calls == [1]  # the unfinished image only, nothing repeated
-    assert [r["index"] for r in _rows(output)] == ["0", "1", "2", "3"]
+    assert [r["index"] for r in result_rows(output)] == ["0", "1", "2", "3"]
     _assert_same_scores(_scores(reference), _scores(output))
 
 
@@ -136,7 +120,7 @@ def test_the_cpu_memory_ceiling_splits_then_fails_with_the_reason(tmp_path: Path
     output = tmp_path / "ceiling"
     with pytest.warns(RuntimeWarning, match="ran out of memory"):
         run_experiment(_config(output, 2, "execution.memory_limit_mb=1", images=2), progress=False)
-    rows = _rows(output)
+    rows = result_rows(output)
     assert [r["status"] for r in rows] == ["failed", "failed"]
     assert all("MemoryLimitError: resident memory" in r["error"] for r in rows)
     assert all("execution.memory_limit_mb = 1" in r["error"] for r in rows)
