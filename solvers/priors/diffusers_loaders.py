@@ -132,8 +132,9 @@ def _component(cls: Any, folder: Path, dtype: torch.dtype | None = None) -> Any:
     return model.eval().requires_grad_(False)
 
 
-def _vp_schedule(path: Path) -> tuple[torch.Tensor, str]:
-    """alphas_cumprod and prediction_type from the model's own scheduler config."""
+def _diffusion_keywords(path: Path, opts: LoadOptions) -> dict[str, Any]:
+    """The keywords of every ``DiffusionPrior``: alphas_cumprod and prediction_type from the
+    model's own scheduler config, the timestep mode, ODE generator and noise cap from ``opts``."""
     from diffusers import DDPMScheduler
 
     raw = read_json(path / SCHEDULER_CONFIG)
@@ -143,7 +144,14 @@ def _vp_schedule(path: Path) -> tuple[torch.Tensor, str]:
             "schedule (beta_schedule / trained_betas)"
         )
     scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
-    return scheduler.alphas_cumprod.clone(), scheduler.config.prediction_type
+    return {
+        "alphas_cumprod": scheduler.alphas_cumprod.clone(),
+        "prediction_type": scheduler.config.prediction_type,
+        "timestep_mode": opts.timestep_mode,
+        "ode_steps": opts.ode_steps,
+        "ode_method": opts.ode_method,
+        "sigma_max": opts.sigma_max,
+    }
 
 
 def _sample_shape(config: Any, sample_size: int | tuple[int, int] | None) -> tuple[int, ...]:
@@ -210,16 +218,11 @@ def load_pixel(path: Path, opts: LoadOptions) -> DiffusionPrior:
     from diffusers import UNet2DModel
 
     unet = _component(UNet2DModel, path / "unet", opts.dtype)
-    alphas_cumprod, prediction_type = _vp_schedule(path)
+    diffusion = _diffusion_keywords(path, opts)
     return DiffusionPrior(
         UNetAdapter(unet, opts.class_label),
-        alphas_cumprod,
-        _sample_shape(unet.config, opts.sample_size),
-        prediction_type,
-        opts.timestep_mode,
-        opts.ode_steps,
-        opts.ode_method,
-        opts.sigma_max,
+        shape=_sample_shape(unet.config, opts.sample_size),
+        **diffusion,
     )
 
 
@@ -229,20 +232,15 @@ def load_latent(path: Path, opts: LoadOptions) -> LatentDiffusionPrior:
 
     unet = _component(UNet2DModel, path / "unet", opts.dtype)
     autoencoder, scale, shift = _autoencoder(path, opts.scaling_factor, opts.dtype)
-    alphas_cumprod, prediction_type = _vp_schedule(path)
+    diffusion = _diffusion_keywords(path, opts)
     return LatentDiffusionPrior(
         UNetAdapter(unet, opts.class_label),
-        alphas_cumprod,
-        _sample_shape(unet.config, opts.sample_size),
-        autoencoder,
-        scale,
-        shift,
-        opts.quantize,
-        prediction_type=prediction_type,
-        timestep_mode=opts.timestep_mode,
-        ode_steps=opts.ode_steps,
-        ode_method=opts.ode_method,
-        sigma_max=opts.sigma_max,
+        shape=_sample_shape(unet.config, opts.sample_size),
+        autoencoder=autoencoder,
+        scaling_factor=scale,
+        shift_factor=shift,
+        quantize=opts.quantize,
+        **diffusion,
     )
 
 
@@ -260,21 +258,17 @@ def load_sd(path: Path, opts: LoadOptions) -> LatentDiffusionPrior:
     autoencoder, scale, shift = _autoencoder(
         path, opts.scaling_factor, opts.dtype, (AutoencoderKL,)
     )
-    alphas_cumprod, prediction_type = _vp_schedule(path)
+    diffusion = _diffusion_keywords(path, opts)
     guided = opts.cfg_scale != 1.0
     prompts = [opts.prompt, opts.negative_prompt] if guided else [opts.prompt]
     embeds = _embed_prompts(path, prompts, opts.device)
     return LatentDiffusionPrior(
         TextUNetAdapter(unet, embeds[:1], embeds[1:] if guided else None, opts.cfg_scale),
-        alphas_cumprod,
-        _sample_shape(unet.config, opts.sample_size),
-        autoencoder,
-        scale,
-        shift,
-        prediction_type=prediction_type,
-        timestep_mode=opts.timestep_mode,
-        ode_steps=opts.ode_steps,
-        ode_method=opts.ode_method,
+        shape=_sample_shape(unet.config, opts.sample_size),
+        autoencoder=autoencoder,
+        scaling_factor=scale,
+        shift_factor=shift,
+        **diffusion,
     )
 
 

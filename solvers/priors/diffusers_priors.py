@@ -39,13 +39,13 @@ class DiffusionPrior(VPDenoiser):
         network: nn.Module,
         alphas_cumprod: torch.Tensor,
         shape: tuple[int, ...],
-        prediction_type: str = "epsilon",
-        timestep_mode: str = "continuous",
+        *,
         ode_steps: int = 10,
         ode_method: str = "heun",
-        sigma_max: float | None = None,
+        **vp: Any,
     ) -> None:
-        super().__init__(network, alphas_cumprod, shape, prediction_type, timestep_mode, sigma_max)
+        """``vp``: the keywords of ``VPDenoiser`` (prediction_type, timestep_mode, sigma_max)."""
+        super().__init__(network, alphas_cumprod, shape, **vp)
         if isinstance(ode_steps, bool) or not isinstance(ode_steps, int) or ode_steps < 1:
             raise PriorInputError(f"ode_steps must be an integer >= 1, got {ode_steps!r}")
         if ode_method not in ode.METHODS:
