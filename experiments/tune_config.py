@@ -324,17 +324,14 @@ def _image_config(raw: dict[str, Any], search: SearchConfig) -> TuneConfig:
     method = dataclasses.replace(method, spec=method.spec_for(task))
     output = Path(experiment.output).expanduser().resolve()
     experiment = dataclasses.replace(experiment, tasks=[task], methods=[method], output=str(output))
-    return _checked(
-        TuneConfig(
-            name=search.name or experiment.name,
-            search=search,
-            method=method,
-            space=build_space(method, search),
-            output=output,
-            tracking=experiment.tracking,
-            seed=experiment.seed,
-            experiment=experiment,
-        )
+    return _study(
+        search,
+        method,
+        experiment.name,
+        output=output,
+        tracking=experiment.tracking,
+        seed=experiment.seed,
+        experiment=experiment,
     )
 
 
@@ -347,24 +344,27 @@ def _gmm_config(raw: dict[str, Any], search: SearchConfig) -> TuneConfig:
     method = _pick(study.methods, search.method, "method")
     if search.metric != GMM_METRIC:
         raise ConfigError(f"search.metric = {search.metric!r}; GMM studies use {GMM_METRIC!r}")
-    return _checked(
-        TuneConfig(
-            name=search.name or study.name,
-            search=search,
-            method=method,
-            space=build_space(method, search),
-            output=Path(study.output).expanduser().resolve(),
-            tracking=study.tracking,
-            seed=study.seed,
-            gmm=study.gmm,
-        )
+    return _study(
+        search,
+        method,
+        study.name,
+        output=Path(study.output).expanduser().resolve(),
+        tracking=study.tracking,
+        seed=study.seed,
+        gmm=study.gmm,
     )
 
 
-def _checked(config: TuneConfig) -> TuneConfig:
-    """``config`` after checking its fixed values and start points against the solver."""
+def _study(search: SearchConfig, method: MethodConfig, name: str, **where: Any) -> TuneConfig:
+    """The study of ``method`` under ``search`` (named ``search.name``, else ``name``), with the
+    ``TuneConfig`` fields ``where`` (output, tracking, seed, the problem), after checking its
+    fixed values and start points against the solver."""
     import search as search_pkg
 
+    space = build_space(method, search)
+    config = TuneConfig(
+        name=search.name or name, search=search, method=method, space=space, **where
+    )
     fixed = {k: d.value for k, d in config.space.items() if isinstance(d, Fixed)}
     try:
         config.method.spec.with_overrides(fixed).build()
