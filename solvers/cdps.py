@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
@@ -130,10 +129,10 @@ CDPS_PRESETS: dict[str, Preset] = {
 class CDPS(VPGridSolver):
     """C-DPS (Mohajer Hamidi et al. 2025) for linear operators and pixel priors."""
 
-    name: ClassVar[str] = "cdps"
-    config_class: ClassVar[type[SolverConfig]] = CDPSConfig
-    latent: ClassVar[bool | None] = False
-    linear_only: ClassVar[bool] = True
+    name = "cdps"
+    config_class = CDPSConfig
+    latent = False
+    linear_only = True
     config: CDPSConfig
 
     def __init__(self, config: SolverConfig | None = None) -> None:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
@@ -54,7 +53,7 @@ from solvers.base import (
     measurement_rows,
     particle_randn,
 )
-from solvers.config import SolverConfig, SolverConfigError, choice, hyper
+from solvers.config import SolverConfigError, choice, hyper
 from solvers.preset import Preset
 from solvers.priors.base import Prior
 from solvers.registry import register
@@ -233,9 +232,9 @@ RESAMPLE_PRESETS: dict[str, Preset] = {
 class ReSample(VPGridSolver):
     """ReSample (Song et al., ICLR 2024) for latent priors, and pixel priors (identity codec)."""
 
-    name: ClassVar[str] = "resample"
-    config_class: ClassVar[type[SolverConfig]] = ReSampleConfig
-    latent: ClassVar[bool | None] = None
+    name = "resample"
+    config_class = ReSampleConfig
+    latent = None  # latent priors, and pixel priors through the identity codec
     config: ReSampleConfig
 
     # -- stage boundaries --------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
@@ -133,7 +132,7 @@ class VPGridSolver(Solver):
     """A solver stepping down a grid of ``config.steps`` ab levels (``levels``, cleanest first),
     set by the subclass at ``init``: step k runs from level steps - k to steps - k - 1."""
 
-    config_class: ClassVar[type[SolverConfig]] = VPGridConfig
+    config_class = VPGridConfig
 
     def __init__(self, config: SolverConfig | None = None) -> None:
         super().__init__(config)
