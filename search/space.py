@@ -26,8 +26,8 @@ class SpaceError(ValueError):
 
 
 @dataclass(frozen=True)
-class Float:
-    """A real parameter in [low, high], sampled uniformly or on a log scale."""
+class _Interval:
+    """[low, high] (inclusive), sampled uniformly or on a log scale: what Float and Int share."""
 
     low: float
     high: float
@@ -37,36 +37,44 @@ class Float:
         _check_bounds(self.low, self.high, self.log)
 
     def contains(self, value: Any) -> bool:
-        """Whether ``value`` is a number inside the interval."""
-        return _is_number(value) and self.low <= value <= self.high
+        """Whether ``value`` is a value of the dimension's kind inside the interval."""
+        return self._of_kind(value) and self.low <= value <= self.high
 
     def describe(self) -> str:
         """The interval as text, for error messages."""
-        return f"[{self.low:g}, {self.high:g}]" + (" (log)" if self.log else "")
+        return self._bounds() + (" (log)" if self.log else "")
+
+    def _of_kind(self, value: Any) -> bool:
+        return _is_number(value)
+
+    def _bounds(self) -> str:
+        return f"[{self.low:g}, {self.high:g}]"
 
 
 @dataclass(frozen=True)
-class Int:
+class Float(_Interval):
+    """A real parameter in [low, high], sampled uniformly or on a log scale."""
+
+
+@dataclass(frozen=True)
+class Int(_Interval):
     """An integer parameter in [low, high] (inclusive), optionally on a log scale."""
 
     low: int
     high: int
-    log: bool = False
 
     def __post_init__(self) -> None:
         if not (_is_integral(self.low) and _is_integral(self.high)):
             raise SpaceError(f"Int bounds must be integers, got [{self.low}, {self.high}]")
-        _check_bounds(self.low, self.high, self.log)
+        super().__post_init__()
         object.__setattr__(self, "low", int(self.low))
         object.__setattr__(self, "high", int(self.high))
 
-    def contains(self, value: Any) -> bool:
-        """Whether ``value`` is an integer inside the interval."""
-        return _is_integral(value) and self.low <= value <= self.high
+    def _of_kind(self, value: Any) -> bool:
+        return _is_integral(value)
 
-    def describe(self) -> str:
-        """The interval as text, for error messages."""
-        return f"integers [{self.low}, {self.high}]" + (" (log)" if self.log else "")
+    def _bounds(self) -> str:
+        return f"integers [{self.low}, {self.high}]"
 
 
 @dataclass(frozen=True)
