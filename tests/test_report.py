@@ -244,13 +244,32 @@ def test_load_mlflow_reads_child_runs(tmp_path: Path, monkeypatch: pytest.Monkey
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("bench", artifact_location=(tmp_path / "art").as_uri())
     parent = client.create_run(experiment, run_name="sweep")
-    names = ("psnr_mean", "psnr_std", "ssim_mean", "ssim_std", "lpips_mean", "lpips_std")
-    names += ("nfe", "seconds_per_image", "images", "failed")
-    values = {
-        ("sr", "dps"): (25.5, 1.25, 0.7, 0.05, 0.3, 0.02, 100.0, 2.0, 3.0, 1.0),
-        ("sr", "daps"): (27.0, 0.5, 0.8, 0.01, 0.2, 0.03, 400.0, 5.0, 4.0, 0.0),
+    logged = {
+        ("sr", "dps"): dict(
+            psnr_mean=25.5,
+            psnr_std=1.25,
+            ssim_mean=0.7,
+            ssim_std=0.05,
+            lpips_mean=0.3,
+            lpips_std=0.02,
+            nfe=100.0,
+            seconds_per_image=2.0,
+            images=3.0,
+            failed=1.0,
+        ),
+        ("sr", "daps"): dict(
+            psnr_mean=27.0,
+            psnr_std=0.5,
+            ssim_mean=0.8,
+            ssim_std=0.01,
+            lpips_mean=0.2,
+            lpips_std=0.03,
+            nfe=400.0,
+            seconds_per_image=5.0,
+            images=4.0,
+            failed=0.0,
+        ),
     }
-    logged = {key: dict(zip(names, row, strict=True)) for key, row in values.items()}
     for (task, method), metrics in logged.items():
         child = client.create_run(
             experiment, tags={"mlflow.parentRunId": parent.info.run_id}, run_name=method
