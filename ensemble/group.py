@@ -158,10 +158,12 @@ class ParticleGroup:
         return self.export(list(range(len(self.slots))))
 
     def restore(self, payload: Payload) -> None:
-        """Put the group back to a snapshot (starting it first if needed)."""
+        """Put the group back to a snapshot (starting it first if needed); its network-call
+        count restarts at zero (the driver carries the calls made before the snapshot)."""
         if self.state is None:
             self.start()
         self.assign(list(range(len(self.slots))), payload, None)
+        self._nfe_at_reset = self.prior.nfe
 
     def _state(self) -> State:
         if self.state is None:

@@ -70,6 +70,8 @@ class DriverState:
     """What the driver carries between steps (checkpointed with the particles).
 
     ``origin``, ``log_weights``, ``potential``: per global row slot; ``traces``: per problem.
+    ``nfe``: network calls per particle made before the groups' call counts last restarted (at
+    a restore), so a resumed or recovered run reports the nfe of an undisturbed one.
     """
 
     step: int
@@ -78,6 +80,7 @@ class DriverState:
     log_weights: torch.Tensor | None = None
     potential: torch.Tensor | None = None
     traces: list[dict[str, list[Any]]] = field(default_factory=list)
+    nfe: int = 0
 
     def __post_init__(self) -> None:
         if not self.traces:
@@ -87,8 +90,15 @@ class DriverState:
 class Ensemble:
     """Runs one ``EnsembleSpec``; ``run(callback)`` calls ``callback(k, self)`` after step k."""
 
-    def __init__(self, spec: EnsembleSpec) -> None:
+    def __init__(
+        self,
+        spec: EnsembleSpec,
+        backend: Callable[[EnsembleSpec], LocalBackend | RayBackend] = make_backend,
+    ) -> None:
+        """``backend`` makes the groups' backend from the spec (by ``settings.backend``); the
+        job pool (ensemble/pool.py) passes one that keeps its prior between runs."""
         self.spec = spec
+        self.make_backend = backend
         self.settings = spec.settings
         self.num_steps = spec.solver.build().num_steps
         spec.settings.pruning.check_steps(self.num_steps)
@@ -119,7 +129,7 @@ class Ensemble:
     ) -> list[EnsembleResult]:
         """Run every problem of the spec; one result per problem, in the spec's order."""
         began = time.perf_counter()
-        self.backend = backend = make_backend(self.spec)
+        self.backend = backend = self.make_backend(self.spec)
         try:
             snapshot = self._load_checkpoint() if resume else None
             if snapshot is None:
@@ -312,7 +322,9 @@ class Ensemble:
     # -- checkpoints -----------------------------------------------------------------------------
     def _snapshot(self, driver: DriverState) -> dict[str, Any]:
         payloads = self._backend().call("snapshot")
-        snapshot = {"driver": copy.deepcopy(driver), "particles": concat_payloads(payloads)}
+        saved = copy.deepcopy(driver)
+        saved.nfe += int(max(self._backend().call("nfe")))  # the calls up to this snapshot
+        snapshot = {"driver": saved, "particles": concat_payloads(payloads)}
         self.stats["bytes"] += nbytes(payloads)
         if self.settings.checkpoint_dir is not None:
             folder = Path(self.settings.checkpoint_dir)
@@ -403,7 +415,7 @@ class Ensemble:
                     status=[STATUS_NAMES[int(s)] for s in status],
                     selected=self._selected(loss, status),
                     origin=(driver.origin[block] - block.start).tolist(),
-                    nfe=int(max(calls)),
+                    nfe=driver.nfe + int(max(calls)),
                     seconds=seconds,
                     traces=driver.traces[p],
                     stats=dict(stats),

@@ -117,6 +117,7 @@ def test_a_stopped_run_resumes_from_disk_with_the_same_samples(problem, tmp_path
     resumed = ensemble.Ensemble(spec).run(callback=lambda k, _: seen.append(k), resume=True)
     assert seen[0] == 7  # restarted after the checkpoint of step 6
     assert torch.equal(resumed.all_samples, undisturbed.all_samples)
+    assert resumed.nfe == undisturbed.nfe  # the calls before the checkpoint count too
     with pytest.raises(ValueError, match="different run"):
         ensemble.run(spec.replace(seed=4), resume=True)
 

@@ -42,7 +42,7 @@ def test_a_killed_worker_is_replaced_and_the_run_is_unchanged(ray_session) -> No
     result = disturbed.run(callback=kill)
     assert killed == [5] and result.stats["restarts"] == 1.0
     torch.testing.assert_close(result.all_samples, undisturbed.all_samples, rtol=1e-10, atol=1e-10)
-    assert result.origin == undisturbed.origin
+    assert result.origin == undisturbed.origin and result.nfe == undisturbed.nfe
 
 
 def test_workers_are_reused_by_the_next_run_with_the_same_prior(ray_session) -> None:
