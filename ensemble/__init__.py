@@ -4,10 +4,12 @@
 (``backend="local"``) or spread over Ray actors (``backend="ray"``), with repulsion in feature
 space, top-k pruning or SMC resampling between steps, checkpoints and recovery from dead
 workers. Ray workers are kept for the next run with the same prior; ``release_workers()`` ends
-them. ``import ensemble`` does not import ray.
+them. ``JobPool`` runs a queue of specs (jobs) concurrently on long-lived Ray actors over the
+whole cluster. ``import ensemble`` does not import ray.
 """
 
 from ensemble.backends import release_workers
+from ensemble.pool import JobOutcome, JobPool
 from ensemble.run import Ensemble, EnsembleResult, run, run_all
 from ensemble.settings import SMC, EnsembleSettings, EnsembleSpecError, Pruning, Repulsion
 from ensemble.spec import EnsembleSpec, OperatorSpec
@@ -19,6 +21,8 @@ __all__ = [
     "EnsembleSettings",
     "EnsembleSpec",
     "EnsembleSpecError",
+    "JobOutcome",
+    "JobPool",
     "OperatorSpec",
     "Pruning",
     "Repulsion",
