@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +139,18 @@ def _config_path(name: str) -> Path:
     raise SystemExit(f"dipswarm: no config file {name!r}; built-in configs: {presets}")
 
 
-def _config_arguments(parser: argparse.ArgumentParser, resume: str, progress: str) -> None:
-    """The config, overrides, --resume and --no-progress arguments of run and tune."""
+def _config_command(
+    commands: Any,
+    name: str,
+    handler: Callable[[argparse.Namespace], None],
+    resume: str,
+    progress: str,
+    **texts: str,
+) -> None:
+    """A subcommand on a config (run, tune): its ``help`` and ``description`` texts, the config,
+    overrides, --resume and --no-progress arguments and its handler."""
+    parser = commands.add_parser(name, **texts)
+    parser.set_defaults(handler=handler)
     parser.add_argument("config", help="YAML file, or the name of a built-in config")
     parser.add_argument("overrides", nargs="*", help="field.path=value overrides")
     parser.add_argument("--resume", action="store_true", help=resume)
@@ -162,17 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark")
     bench.set_defaults(handler=_bench)
 
-    run = commands.add_parser(
+    _config_command(
+        commands,
         "run",
+        _run,
+        resume="skip images already finished",
+        progress="no progress bar",
         help="run an experiment config (dataset x tasks x methods)",
         description="Run an ExperimentConfig from YAML; overrides are dotted field paths, e.g. "
         "ensemble.particles=8 methods.daps.overrides.mcmc_steps=50 data.images=10.",
     )
-    _config_arguments(run, resume="skip images already finished", progress="no progress bar")
-    run.set_defaults(handler=_run)
 
-    tune = commands.add_parser(
+    _config_command(
+        commands,
         "tune",
+        _tune,
+        resume="continue the stored study",
+        progress="no progress lines",
         help="search a method's hyperparameters on validation data (Ray Tune + Optuna + ASHA)",
         description="Run a hyperparameter study from a tune config: an experiment config with "
         "one task and one method on data.split=val plus a search: section (or a GMM config), "
@@ -181,8 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
         "progress, the best config, its YAML preset (for dipswarm run) and how to browse the "
         "study in MLflow and optuna-dashboard.",
     )
-    _config_arguments(tune, resume="continue the stored study", progress="no progress lines")
-    tune.set_defaults(handler=_tune)
 
     demo = commands.add_parser(
         "demo",
