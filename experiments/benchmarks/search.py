@@ -31,7 +31,7 @@ import signal
 import statistics
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,31 +110,31 @@ def part_gmm(args: argparse.Namespace, study: StudyOutcome, reference: TuneConfi
         ("reference preset", {}, None),
         ("searched (best trial)", best, study.result.best_value),
     )
-    rows = []
-    for label, params, value in candidates:
+
+    def columns(params: dict[str, Any], value: float | None) -> list[str]:
         if value is None:
             value = statistics.mean(gmm_scores(reference, params, tuning)["sliced_wasserstein"])
         scores = gmm_scores(reference, params, held_out)
-        rows.append(
-            [
-                label,
-                _settings(_method_values(reference, params), names),
-                f"{value:.3f}",
-                _mean_std(scores["sliced_wasserstein"]),
-                _mean_std(scores["sw_over_floor"], 1),
-                f"{statistics.mean(scores['nfe']):.0f}",
-            ]
-        )
-    header = [
-        "config", "settings", f"tuning SW ({len(tuning)} inst.)",
-        f"held-out SW ({len(held_out)} inst.)", "held-out SW / floor", "NFE / sample",
-    ]  # fmt: skip
+        return [
+            f"{value:.3f}",
+            _mean_std(scores["sliced_wasserstein"]),
+            _mean_std(scores["sw_over_floor"], 1),
+            f"{statistics.mean(scores['nfe']):.0f}",
+        ]
+
+    header = (
+        f"tuning SW ({len(tuning)} inst.)",
+        f"held-out SW ({len(held_out)} inst.)",
+        "held-out SW / floor",
+        "NFE / sample",
+    )
+    table = _comparison(reference, names, header, candidates, columns)
     return (
         f"### (a) GMM d={reference.gmm.d}, d_y={reference.gmm.d_y}: DAPS gmm/pixel_hmc, "
         f"{args.gmm_annealing} annealing steps, {reference.gmm.particles} particles\n\n"
         f"Study {study.result.study_name}: {len(study.result.trials)} trials (TPE, ASHA), "
         f"compute {study.result.total_steps} instances, tuning instances {tuning[0]}-"
-        f"{tuning[-1]}; held-out instances 0-{args.held_out - 1}.\n\n" + _table(header, rows)
+        f"{tuning[-1]}; held-out instances 0-{args.held_out - 1}.\n\n" + table
     )
 
 
@@ -149,6 +149,22 @@ def _method_values(config: TuneConfig, params: dict[str, Any]) -> dict[str, Any]
     """The method's full settings with ``params`` applied."""
     method = dataclasses.replace(config.method, spec=config.method.spec.with_overrides(params))
     return method_values(method)
+
+
+def _comparison(
+    reference: TuneConfig,
+    names: Sequence[str],
+    header: Sequence[str],
+    candidates: Sequence[tuple[str, dict[str, Any], float | None]],
+    columns: Callable[[dict[str, Any], float | None], list[str]],
+) -> str:
+    """The table of ``candidates`` (label, params, tuning value or None): a row each with the
+    label, the ``names`` settings, then ``columns(params, value)`` under ``header``."""
+    rows = [
+        [label, _settings(_method_values(reference, params), names), *columns(params, value)]
+        for label, params, value in candidates
+    ]
+    return _table(["config", "settings", *header], rows)
 
 
 def part_asha(
@@ -307,28 +323,28 @@ def part_image(args: argparse.Namespace) -> str:
         ("reference defaults (demo settings)", {}, val_reference),
         ("searched (best trial)", best, study.best_value),
     )
-    rows = []
-    for label, params, value in candidates:
+
+    def columns(params: dict[str, Any], value: float | None) -> list[str]:
         scores = list(score_images(test, params))
-        rows.append(
-            [
-                label,
-                _settings(_method_values(reference, params), names),
-                f"{value:.2f}",
-                _mean_std([s["psnr"] for s in scores], 2),
-                _mean_std([s["ssim"] for s in scores], 3),
-                f"{statistics.mean(s['seconds'] for s in scores):.1f}",
-            ]
-        )
-    header = [
-        "config", "settings", f"val PSNR ({args.val_images} img.)",
-        f"test PSNR ({args.test_images} img.)", "test SSIM", "s / image",
-    ]  # fmt: skip
+        return [
+            f"{value:.2f}",
+            _mean_std([s["psnr"] for s in scores], 2),
+            _mean_std([s["ssim"] for s in scores], 3),
+            f"{statistics.mean(s['seconds'] for s in scores):.1f}",
+        ]
+
+    header = (
+        f"val PSNR ({args.val_images} img.)",
+        f"test PSNR ({args.test_images} img.)",
+        "test SSIM",
+        "s / image",
+    )
+    table = _comparison(reference, names, header, candidates, columns)
     return (
         "### (b) Digits 32x32, super-resolution x4 (sigma_y 0.05): DAPS pixel HMC, 25 annealing "
         "x 20 HMC steps\n\n"
         f"Study {study.study_name}: {len(study.trials)} trials (TPE, ASHA), compute "
-        f"{study.total_steps} validation images.\n\n" + _table(header, rows)
+        f"{study.total_steps} validation images.\n\n" + table
     )
 
 
