@@ -68,6 +68,19 @@ def measurement_rows(y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return y if y.shape[0] == 1 else y[index.to(y.device)]
 
 
+def finite_residuals(
+    operator: Operator, image: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(ok, r): the rows of ``image`` without NaN/inf, and r = A(image_i) - y_i of those rows
+    flattened, with the rows' own ``operator`` and ``y``; r is None when no row is finite. A
+    failed particle costs no operator call and does not spread NaN into the others' gradients."""
+    ok = finite_rows(image)
+    if not bool(ok.any()):
+        return ok, None
+    kept = ok.nonzero().flatten()
+    return ok, (operator.take_rows(kept)(image[ok]) - measurement_rows(y, kept)).flatten(1)
+
+
 def per_row(
     operator: Operator, values: dict[Operator, float], like: torch.Tensor
 ) -> float | torch.Tensor:

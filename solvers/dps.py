@@ -57,7 +57,7 @@ from solvers.base import (
     SolverInputError,
     State,
     Update,
-    measurement_rows,
+    finite_residuals,
     particle_randn,
 )
 from solvers.config import Order, choice, hyper
@@ -285,11 +285,9 @@ def _residual_norm_grad(
     own particle's term; dividing J^T r by that particle's ||r|| gives the gradient of the norm
     (0 where r = 0).
     """
-    ok = torch.isfinite(image.flatten(1)).all(1)
-    if not bool(ok.any()):
+    ok, residual = finite_residuals(operator, image, y)
+    if residual is None:
         return torch.full_like(x, float("nan"))
-    kept = ok.nonzero().flatten()
-    residual = (operator.take_rows(kept)(image[ok]) - measurement_rows(y, kept)).flatten(1)
     sq = residual.pow(2).sum(1)
     (grad,) = torch.autograd.grad(0.5 * sq.sum(), x)
     norm = torch.full((x.shape[0],), float("nan"), dtype=x.dtype, device=x.device)

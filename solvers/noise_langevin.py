@@ -50,7 +50,7 @@ from solvers.base import (
     SolverInputError,
     State,
     Update,
-    measurement_rows,
+    finite_residuals,
     particle_randn,
 )
 from solvers.config import SolverConfig, choice, hyper
@@ -207,11 +207,9 @@ class NoiseLangevin(Solver):
                     f"{self.name}: the prior's images have shape {tuple(image.shape[1:])} but "
                     f"{operator.name} acts on {operator.input_shape}"
                 )
-            ok = torch.isfinite(image.flatten(1)).all(1)
-            if not bool(ok.any()):
+            ok, residual = finite_residuals(operator, image, y)
+            if residual is None:
                 return image.detach(), torch.full_like(z, float("nan"))
-            kept = ok.nonzero().flatten()
-            residual = (operator.take_rows(kept)(image[ok]) - measurement_rows(y, kept)).flatten(1)
             (grad,) = torch.autograd.grad(residual.pow(2).sum(), z_in)
         grad = torch.where(ok.view(-1, *([1] * (z.dim() - 1))), grad, float("nan"))
         return image.detach(), grad
