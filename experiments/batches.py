@@ -117,51 +117,83 @@ def batch_spec(
     )
 
 
-def solve(
-    config: ExperimentConfig,
-    task: TaskConfig,
-    method: MethodConfig,
-    task_operators: TaskOperators,
-    images: torch.Tensor,
-    indices: Sequence[int],
-) -> list[SolvedImage]:
-    """Measure and solve the images ``indices`` in one ensemble run (split on running out of
-    memory); one ``SolvedImage`` per index, in order."""
-    image_operators = [task_operators.of(i).to(config.device) for i in indices]
-    measured = [
-        measure(config, op, images, i) for op, i in zip(image_operators, indices, strict=True)
-    ]
-    spec = batch_spec(config, task, method, image_operators, [y for _, y in measured], indices)
-    try:
-        results = ensemble.Ensemble(spec).run_all(callback=_memory_guard(config, spec))
-    except Exception as err:
-        if not is_out_of_memory(err) or len(indices) == 1:
-            raise
-        half = (len(indices) + 1) // 2
-        warnings.warn(
-            f"{task.name} / {method.name}: a batch of {len(indices)} images ran out of memory "
-            f"({type(err).__name__}); retrying as batches of {half}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        solved: list[SolvedImage] = []
-        for part in split(indices, half):
-            solved += solve(config, task, method, task_operators, images, part)
-        return solved
-    return [
-        SolvedImage(i, op, truth, y, result)
-        for i, op, (truth, y), result in zip(
-            indices, image_operators, measured, results, strict=True
-        )
-    ]
+@dataclass
+class PreparedBatch:
+    """A batch measured and ready to run: its images' operators, (truth, y) and the spec."""
+
+    indices: list[int]
+    operators: list[Operator]
+    measured: list[tuple[torch.Tensor, torch.Tensor]]
+    spec: EnsembleSpec
+
+    def solved(self, results: Sequence[EnsembleResult]) -> list[SolvedImage]:
+        """The batch's images with the ensemble's per-problem results, in order."""
+        return [
+            SolvedImage(i, op, truth, y, result)
+            for i, op, (truth, y), result in zip(
+                self.indices, self.operators, self.measured, results, strict=True
+            )
+        ]
 
 
-def is_out_of_memory(err: BaseException) -> bool:
-    """Whether an error means the batch did not fit (CUDA or host allocator, or our ceiling)."""
+def split_warning(task: TaskConfig, method: MethodConfig, images: int, reason: str) -> int:
+    """Warn that a batch of ``images`` ran out of memory; the size of the retried halves."""
+    half = (images + 1) // 2
+    warnings.warn(
+        f"{task.name} / {method.name}: a batch of {images} images ran out of memory "
+        f"({reason}); retrying as batches of {half}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return half
+
+
+@dataclass(frozen=True)
+class BatchRunner:
+    """What every batch of one (task, method) shares: the config, the task and its operators,
+    the method and the dataset's images. ``prepare`` measures a batch and builds its run;
+    ``solve`` also runs it in this process."""
+
+    config: ExperimentConfig
+    task: TaskConfig
+    method: MethodConfig
+    task_operators: TaskOperators
+    images: torch.Tensor
+
+    def prepare(self, indices: Sequence[int]) -> PreparedBatch:
+        """Measure the images ``indices`` and build their ensemble run."""
+        config = self.config
+        image_operators = [self.task_operators.of(i).to(config.device) for i in indices]
+        measured = [
+            measure(config, op, self.images, i)
+            for op, i in zip(image_operators, indices, strict=True)
+        ]
+        ys = [y for _, y in measured]
+        spec = batch_spec(config, self.task, self.method, image_operators, ys, indices)
+        return PreparedBatch(list(indices), image_operators, measured, spec)
+
+    def solve(self, indices: Sequence[int]) -> list[SolvedImage]:
+        """Measure and solve the images ``indices`` in one ensemble run in this process (split
+        on running out of memory); one ``SolvedImage`` per index, in order."""
+        batch = self.prepare(indices)
+        guard = _memory_guard(self.config, batch.spec)
+        try:
+            results = ensemble.Ensemble(batch.spec).run_all(callback=guard)
+        except Exception as err:
+            if not is_out_of_memory(err) or len(indices) == 1:
+                raise
+            half = split_warning(self.task, self.method, len(indices), type(err).__name__)
+            return [image for part in split(indices, half) for image in self.solve(part)]
+        return batch.solved(results)
+
+
+def is_out_of_memory(err: BaseException | str) -> bool:
+    """Whether an error (or a job's error text) means the batch did not fit (CUDA or host
+    allocator, or the memory ceiling)."""
     if isinstance(err, MemoryLimitError | MemoryError | torch.OutOfMemoryError):
         return True
     text = str(err).lower()
-    return "out of memory" in text or "not enough memory" in text
+    return any(m in text for m in ("out of memory", "not enough memory", "outofmemoryerror"))
 
 
 def resident_mb() -> float:

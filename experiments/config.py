@@ -152,11 +152,19 @@ class ExecutionConfig:
     where a denoiser call costs about the same for 1 row as for tens). ``memory_limit_mb``: a
     ceiling on the driver's resident memory while a local-backend batch runs; a batch that
     crosses it (or a CUDA out-of-memory error) is split in two and retried.
+
+    ``max_concurrent_jobs``: 1 runs the batches one after another in this process; N or
+    ``"auto"`` (as many as the Ray cluster's resources fit) runs them as concurrent jobs of an
+    ``ensemble.JobPool`` over the cluster at ``ensemble.address``, each job taking
+    ``cpus_per_job`` CPUs and ``gpus_per_job`` GPUs (docs/cluster.md).
     """
 
     images_per_batch: int | str = "auto"
     max_batch_rows: int | None = None
     memory_limit_mb: float | None = None
+    max_concurrent_jobs: int | str = 1
+    cpus_per_job: float = 1.0
+    gpus_per_job: float = 0.0
 
     def __post_init__(self) -> None:
         if self.images_per_batch != "auto" and not (
@@ -170,6 +178,21 @@ class ExecutionConfig:
             raise ConfigError(f"execution.max_batch_rows = {self.max_batch_rows} must be >= 1")
         if self.memory_limit_mb is not None and not self.memory_limit_mb > 0:
             raise ConfigError(f"execution.memory_limit_mb = {self.memory_limit_mb} must be > 0")
+        if self.max_concurrent_jobs != "auto" and not (
+            isinstance(self.max_concurrent_jobs, int) and self.max_concurrent_jobs >= 1
+        ):
+            raise ConfigError(
+                f"execution.max_concurrent_jobs = {self.max_concurrent_jobs!r}; use a positive "
+                "integer or 'auto'"
+            )
+        for name in ("cpus_per_job", "gpus_per_job"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"execution.{name} = {getattr(self, name)} must be >= 0")
+        if self.max_concurrent_jobs == "auto" and self.cpus_per_job == self.gpus_per_job == 0:
+            raise ConfigError(
+                "execution.max_concurrent_jobs = 'auto' needs cpus_per_job or gpus_per_job > 0 "
+                "(the cluster's resources say how many jobs fit)"
+            )
 
     def batch_images(self, particles: int, device: str) -> int:
         """Images per ensemble run for ``particles`` particles per image on ``device``."""

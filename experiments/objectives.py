@@ -70,7 +70,7 @@ def score_images(
     import dataclasses
 
     import ensemble
-    from experiments.batches import TaskOperators, solve, split
+    from experiments.batches import BatchRunner, TaskOperators, split
     from experiments.metrics import ensemble_metrics
     from experiments.runner import load_dataset
 
@@ -78,12 +78,13 @@ def score_images(
     method = dataclasses.replace(method, spec=method.spec.with_overrides(params or {}))
     data = load_dataset(experiment)
     task_operators = TaskOperators(task, tuple(data.images.shape[1:]))
+    runner = BatchRunner(experiment, task, method, task_operators, data.images)
     particles = experiment.method_ensemble(method).particles
     size = experiment.execution.batch_images(particles, experiment.device)
     try:
         for batch in split(range(len(data.names)), size):
             began = time.perf_counter()
-            solved = solve(experiment, task, method, task_operators, data.images, batch)
+            solved = runner.solve(batch)
             seconds = (time.perf_counter() - began) / len(batch)
             for image in solved:
                 scores = ensemble_metrics(

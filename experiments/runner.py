@@ -13,11 +13,12 @@ Output layout: see the README ("Experiments").
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,16 @@ import torch
 import ensemble
 from ensemble.ray_runtime import ensure_ray
 from experiments import metrics
-from experiments.batches import SolvedImage, TaskOperators, measurement_seed, solve, split
+from experiments.batches import (
+    BatchRunner,
+    PreparedBatch,
+    SolvedImage,
+    TaskOperators,
+    is_out_of_memory,
+    measurement_seed,
+    split,
+    split_warning,
+)
 from experiments.config import (
     ExperimentConfig,
     MethodConfig,
@@ -134,47 +144,46 @@ def run_experiment(
     _start_ray_if_needed(config)  # while mlflow imports in the background
     tracker.start(config.name, config.to_dict(), tags={"output": str(output)})
     bar = _progress_bar(progress, len(config.tasks) * len(config.methods) * len(data.names))
+    groups: list[_Group] = []
     status = "FAILED"
     try:
         for task in config.tasks:
             task_operators = TaskOperators(task, tuple(data.images.shape[1:]))
             for method in config.methods:
-                params = {
-                    "task": task.name,
-                    "method": method.name,
-                    "solver": method.solver,
-                    "preset": method.preset_for(task),
-                    "overrides": method.overrides,
-                    "operator": task.operator,
-                    "operator_params": task.params,
-                    "sigma_y": task.sigma,
-                    "ensemble": config.method_ensemble(method),
-                    "lpips_backbone": metrics.lpips_label(
-                        config.metrics.lpips_net, config.metrics.lpips_random_backbone
-                    ),
-                }
-                with tracker.child(f"{task.name} / {method.name}", _plain(params)) as child:
-                    rows: dict[int, dict[str, Any]] = {}
-                    todo = []
-                    for index, name in enumerate(data.names):
-                        if (task.name, method.name, name) in done:
-                            rows[index] = done[(task.name, method.name, name)]
-                            bar.update(1)
-                        else:
-                            todo.append(index)
-                    particles = config.method_ensemble(method).particles
-                    size = config.execution.batch_images(particles, config.device)
-                    for batch in split(todo, size):
-                        for row in _run_batch(
-                            config, task, method, task_operators, data, batch, output, child
-                        ):
-                            results.append(row)
-                            rows[row["index"]] = row
-                            if on_image is not None:
-                                on_image(row)
-                            bar.update(1)
-                    rows = [rows[i] for i in sorted(rows)]
-                    child.log_metrics(_aggregate(rows))
+                child = tracker.child(
+                    f"{task.name} / {method.name}", _child_params(config, task, method)
+                )
+                runner = BatchRunner(config, task, method, task_operators, data.images)
+                group = _Group(runner, child)
+                for index, name in enumerate(data.names):
+                    if (task.name, method.name, name) in done:
+                        group.rows[index] = done[(task.name, method.name, name)]
+                        bar.update(1)
+                    else:
+                        group.todo.append(index)
+                groups.append(group)
+
+        def record(group: _Group, row: dict[str, Any]) -> None:
+            results.append(row)  # on disk before the next batch is handed out
+            group.rows[row["index"]] = row
+            if on_image is not None:
+                on_image(row)
+            bar.update(1)
+
+        jobs = [
+            (group, batch)
+            for group in groups
+            for batch in split(group.todo, _batch_size(config, group.runner.method))
+        ]
+        if config.execution.max_concurrent_jobs == 1:
+            for group, batch in jobs:
+                for row in _run_batch(config, group, data, batch, output):
+                    record(group, row)
+        else:
+            _run_pooled(config, jobs, data, output, record, bar, tracker)
+        for group in groups:
+            group.child.log_metrics(_aggregate([group.rows[i] for i in sorted(group.rows)]))
+            group.child.end("FINISHED")
         report = write_report(output)
         for path in report.values():
             tracker.log_artifact(path, "report")
@@ -183,44 +192,164 @@ def run_experiment(
     finally:
         ensemble.release_workers()
         bar.close()
+        for group in groups:  # children not finished above end with the parent's status
+            group.child.end(status)
         tracker.log_metrics({"tracking_seconds": tracker.seconds})
         tracker.finish(status)
     return output
 
 
-def _run_batch(
+@dataclass
+class _Group:
+    """One (task, method): its batch runner and child MLflow run, finished rows by image
+    index, images to do."""
+
+    runner: BatchRunner
+    child: Any
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)
+    todo: list[int] = field(default_factory=list)
+
+
+def _batch_size(config: ExperimentConfig, method: MethodConfig) -> int:
+    particles = config.method_ensemble(method).particles
+    return config.execution.batch_images(particles, config.device)
+
+
+def _child_params(config: ExperimentConfig, task: TaskConfig, method: MethodConfig) -> Any:
+    """The params of a (task, method) child run."""
+    return _plain(
+        {
+            "task": task.name,
+            "method": method.name,
+            "solver": method.solver,
+            "preset": method.preset_for(task),
+            "overrides": method.overrides,
+            "operator": task.operator,
+            "operator_params": task.params,
+            "sigma_y": task.sigma,
+            "ensemble": config.method_ensemble(method),
+            "lpips_backbone": metrics.lpips_label(
+                config.metrics.lpips_net, config.metrics.lpips_random_backbone
+            ),
+        }
+    )
+
+
+def _run_pooled(
     config: ExperimentConfig,
-    task: TaskConfig,
-    method: MethodConfig,
-    task_operators: TaskOperators,
+    jobs: list[tuple[_Group, list[int]]],
     data: Dataset,
-    indices: list[int],
     output: Path,
-    child: Any,
+    record: Callable[[_Group, dict[str, Any]], None],
+    bar: Any,
+    tracker: Any,
+) -> None:
+    """Run the batches as concurrent jobs of an ``ensemble.JobPool`` over the Ray cluster and
+    write each image as its job completes (in completion order; the content does not depend
+    on it). A job that runs out of memory is split in two and resubmitted."""
+    from ensemble import JobPool
+
+    ex = config.execution
+    concurrent = None if ex.max_concurrent_jobs == "auto" else int(ex.max_concurrent_jobs)
+    began, images_done = time.perf_counter(), 0
+    with JobPool(concurrent, ex.cpus_per_job, ex.gpus_per_job, config.ensemble.address) as pool:
+        pending: dict[int, tuple[_Group, PreparedBatch]] = {}
+        keys = itertools.count()
+
+        def submit(group: _Group, indices: list[int]) -> None:
+            try:
+                batch = group.runner.prepare(indices)
+            except Exception as err:  # measuring failed: the images fail, the rest goes on
+                for row in _failed_rows(config, group, data, indices, err, 0.0, output):
+                    record(group, row)
+                return
+            key = next(keys)
+            pending[key] = (group, batch)
+            pool.submit(key, batch.spec)
+
+        for group, indices in jobs:
+            submit(group, indices)
+        for outcome in pool.results():
+            group, batch = pending.pop(outcome.key)
+            if outcome.results is None:
+                error = outcome.error or "the job failed"
+                if is_out_of_memory(error) and len(batch.indices) > 1:
+                    half = split_warning(
+                        group.runner.task, group.runner.method, len(batch.indices), error
+                    )
+                    for part in split(batch.indices, half):
+                        submit(group, part)
+                    continue
+                failure = RuntimeError(f"{error} (after {outcome.attempts} attempt(s))")
+                rows = _failed_rows(config, group, data, batch.indices, failure, 0.0, output)
+            else:
+                seconds = outcome.results[0].seconds / len(batch.indices)
+                rows = [
+                    _image_row(config, group, data, image, seconds, output)
+                    for image in batch.solved(outcome.results)
+                ]
+            for row in rows:
+                record(group, row)
+            images_done += len(rows)
+            counts = pool.counts()
+            rate = images_done / max(time.perf_counter() - began, 1e-9)
+            bar.set_postfix(
+                running=counts.running,
+                queued=counts.queued,
+                failed=counts.failed,
+                images_per_s=f"{rate:.2f}",
+            )
+            tracker.log_metrics(
+                {
+                    "jobs_done": counts.done,
+                    "jobs_running": counts.running,
+                    "jobs_queued": counts.queued,
+                    "jobs_failed": counts.failed,
+                    "images_per_second": rate,
+                },
+                step=counts.done + counts.failed,
+            )
+
+
+def _run_batch(
+    config: ExperimentConfig, group: _Group, data: Dataset, indices: list[int], output: Path
 ) -> list[dict[str, Any]]:
-    """One batch of images: measure, sample, then score and save each image; a batch that
-    fails gives each of its images a failed row (``--resume`` re-runs only those)."""
+    """One batch of images in this process: measure, sample, then score and save each image;
+    a batch that fails gives each of its images a failed row (``--resume`` re-runs only
+    those)."""
     began = time.perf_counter()
     try:
-        solved = solve(config, task, method, task_operators, data.images, indices)
+        solved = group.runner.solve(indices)
     except Exception as err:  # one bad batch must not stop the experiment
         seconds = (time.perf_counter() - began) / len(indices)
-        with (output / "errors.log").open("a") as log:
-            names = ", ".join(data.names[i] for i in indices)
-            log.write(f"--- {task.name} / {method.name} / {names}\n{traceback.format_exc()}\n")
-        error = f"{type(err).__name__}: {err}"
-        return [
-            {
-                **_identity(config, task, method, data, i),
-                "status": "failed",
-                "error": error,
-                "seconds": seconds,
-            }
-            for i in indices
-        ]
+        return _failed_rows(config, group, data, indices, err, seconds, output)
     seconds = (time.perf_counter() - began) / len(indices)
+    return [_image_row(config, group, data, image, seconds, output) for image in solved]
+
+
+def _failed_rows(
+    config: ExperimentConfig,
+    group: _Group,
+    data: Dataset,
+    indices: list[int],
+    err: BaseException,
+    seconds: float,
+    output: Path,
+) -> list[dict[str, Any]]:
+    """A failed row per image of a batch, the traceback in errors.log."""
+    with (output / "errors.log").open("a") as log:
+        names = ", ".join(data.names[i] for i in indices)
+        log.write(f"--- {group.runner.task.name} / {group.runner.method.name} / {names}\n")
+        log.write(f"{''.join(traceback.format_exception(err))}\n")
+    error = f"{type(err).__name__}: {err}"
     return [
-        _image_row(config, task, method, data, image, seconds, output, child) for image in solved
+        {
+            **_identity(config, group.runner.task, group.runner.method, data, i),
+            "status": "failed",
+            "error": error,
+            "seconds": seconds,
+        }
+        for i in indices
     ]
 
 
@@ -239,18 +368,17 @@ def _identity(
 
 def _image_row(
     config: ExperimentConfig,
-    task: TaskConfig,
-    method: MethodConfig,
+    group: _Group,
     data: Dataset,
     image: SolvedImage,
     seconds: float,
     output: Path,
-    child: Any,
 ) -> dict[str, Any]:
     """Score one solved image and save its samples, traces and grid (its share of the batch's
     time as ``seconds``); an error here fails this image only."""
     from experiments.report import image_grid
 
+    task, method, child = group.runner.task, group.runner.method, group.child
     row = _identity(config, task, method, data, image.index)
     result = image.result
     try:

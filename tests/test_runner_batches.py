@@ -142,3 +142,28 @@ def test_per_image_operators_are_drawn_per_image_and_batched(tmp_path: Path) -> 
     drawn = TaskOperators(config.tasks[0], (1, 32, 32))
     assert not torch.equal(drawn.of(0).mask, drawn.of(1).mask)  # each image its own mask
     assert torch.equal(drawn.of(1).mask, drawn.of(1).mask)  # and the same one every time
+
+
+@pytest.mark.ray
+def test_concurrent_pool_jobs_give_the_sequential_results(tmp_path: Path, ray_session) -> None:
+    sequential = tmp_path / "sequential"
+    run_experiment(_config(sequential, 1), progress=False)
+    pooled = tmp_path / "pooled"
+    run_experiment(
+        _config(pooled, 1, "execution.max_concurrent_jobs=2", "execution.cpus_per_job=1"),
+        progress=False,
+    )
+    rows = result_rows(pooled)
+    assert sorted(r["index"] for r in rows) == ["0", "1", "2", "3"]  # each image once
+    a, b = _scores(sequential), _scores(pooled)
+    assert a == b  # single-image jobs run the same code in the pool's actors: bit-identical
+    assert [r["nfe"] for r in rows] == [result_rows(sequential)[0]["nfe"]] * 4
+
+
+def test_job_errors_that_mean_out_of_memory_are_recognised() -> None:
+    from experiments.batches import MemoryLimitError, is_out_of_memory
+
+    assert is_out_of_memory("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert is_out_of_memory(MemoryLimitError("resident memory 900 MiB exceeds ..."))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: not enough memory: you tried"))
+    assert not is_out_of_memory("FileNotFoundError: dino_model is not a folder")
