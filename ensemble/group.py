@@ -8,6 +8,7 @@ reports features and measurement losses, and exports, imports and restores parti
 from __future__ import annotations
 
 import itertools
+import socket
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from ensemble.settings import Repulsion
 from ensemble.spec import EnsembleSpec
 from operators import Operator, stack_rows
 from solvers.base import STATUS_PRUNED, State, particle_seed
+from solvers.priors.base import PriorLoadError
 from solvers.priors.loading import load
 
 
@@ -29,7 +31,16 @@ class ParticleGroup:
         if threads > 0:
             torch.set_num_threads(threads)
         prior_options = {} if spec.device == "cpu" else {"device": spec.device}
-        self.prior = load(spec.prior, **prior_options)
+        try:
+            self.prior = load(spec.prior, **prior_options)
+        except PriorLoadError as err:
+            node = _cluster_node()
+            if node is None:
+                raise
+            raise type(err)(
+                f"{err} [on cluster node {node}: every path the config names must exist on "
+                "every node, or on storage the nodes share]"
+            ) from err
         self.features = FeatureMap(spec.settings.features, self.prior, spec.settings.dino_model)
         self.reset(spec, slots)
 
@@ -169,6 +180,19 @@ class ParticleGroup:
         if self.state is None:
             raise RuntimeError("the particle group has not been started")
         return self.state
+
+
+def _cluster_node() -> str | None:
+    """This host's name when the process is a Ray worker (else None)."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return None
+    return socket.gethostname()
 
 
 def group_operator(spec: EnsembleSpec, slots: list[int]) -> Operator:

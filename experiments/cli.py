@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> None:
     from experiments.config import ConfigError, load_config
 
     try:
-        config = load_config(_config_path(args.config), args.overrides)
+        config = load_config(_config_path(args.config), _with_address(args))
         _run_and_summarise(config, args.resume, not args.no_progress)
     except ConfigError as err:  # raised before any work starts: one line, no traceback
         raise SystemExit(f"dipswarm run: {err}") from None
@@ -110,7 +110,7 @@ def _tune(args: argparse.Namespace) -> None:
     from experiments.tuning import run_study
     from search import Fixed
 
-    overrides = [*args.overrides, *(["search.resume=true"] if args.resume else [])]
+    overrides = [*_with_address(args), *(["search.resume=true"] if args.resume else [])]
     try:
         config = load_tune_config(_config_path(args.config), overrides)
         kind = "GMM instances" if config.gmm else f"{config.experiment.data.split} images"
@@ -125,6 +125,11 @@ def _tune(args: argparse.Namespace) -> None:
         raise SystemExit(f"dipswarm tune: {err}") from None
     print()
     print(outcome.summary())
+
+
+def _with_address(args: argparse.Namespace) -> list[str]:
+    """The overrides, with ``--address`` as ``ensemble.address`` (after them, so it wins)."""
+    return [*args.overrides, *([f"ensemble.address={args.address}"] if args.address else [])]
 
 
 def _config_path(name: str) -> Path:
@@ -154,6 +159,12 @@ def _config_command(
     parser.add_argument("config", help="YAML file, or the name of a built-in config")
     parser.add_argument("overrides", nargs="*", help="field.path=value overrides")
     parser.add_argument("--resume", action="store_true", help=resume)
+    parser.add_argument(
+        "--address",
+        metavar="ADDRESS",
+        help="a Ray cluster to run on: 'auto' (the cluster this node belongs to) or "
+        "'ray://HEAD:10001' (Ray Client); the same as the override ensemble.address=ADDRESS",
+    )
     parser.add_argument("--no-progress", action="store_true", help=progress)
 
 

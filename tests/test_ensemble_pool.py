@@ -136,6 +136,8 @@ def test_a_job_that_raises_comes_back_failed_after_one_attempt(ray_session) -> N
         assert text in outcome.error and "\x1b" not in outcome.error
         assert "Traceback" not in outcome.error
     _assert_same(outcomes["good"].results, ensemble.run_all(_job(2)))
+    assert "[on cluster node " in outcomes["missing"].error  # where the path was not found
+    assert "must exist on every node" in outcomes["missing"].error
 
 
 @pytest.mark.ray

@@ -69,3 +69,20 @@ def test_cli_rejects_an_unknown_benchmark_with_the_choices():
         text=True,
     )
     assert out.returncode == 2 and "operators" in out.stderr
+
+
+def test_attaching_to_a_cluster_ships_the_packages_and_run_takes_an_address() -> None:
+    from ensemble.ray_runtime import PACKAGES, code_runtime_env
+    from experiments.cli import _with_address, build_parser
+    from experiments.config import load_config
+
+    env = code_runtime_env()
+    folders = [Path(p) for p in env["py_modules"]]
+    assert [f.name for f in folders] == list(PACKAGES)
+    assert all((f / "__init__.py").is_file() for f in folders)
+    assert (folders[1] / "priors" / "weights" / "digits" / "dipswarm_prior.json").is_file()
+
+    args = build_parser().parse_args(["run", "demo", "ensemble.particles=2", "--address", "auto"])
+    assert _with_address(args) == ["ensemble.particles=2", "ensemble.address=auto"]
+    config = load_config(ROOT / "experiments" / "configs" / "demo.yaml", _with_address(args))
+    assert all(config.method_ensemble(m).address == "auto" for m in config.methods)
