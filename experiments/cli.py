@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "tracking_overhead": "experiments.benchmarks.tracking_overhead",
     "search": "experiments.benchmarks.search",
     "image_batches": "experiments.benchmarks.image_batches",
+    "cluster_scaling": "experiments.benchmarks.cluster_scaling",
 }
 
 

@@ -15,6 +15,8 @@ All densities and conditionals are computed in float64 and returned in the input
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -137,6 +139,51 @@ class GaussianMixture(Prior):
 
     def extra_repr(self) -> str:
         return f"components={self.means.shape[0]}, d={self.shape[0]}, std={self.std}"
+
+
+class SimulatedLatencyMixture(GaussianMixture):
+    """A SIMULATION for scheduling benchmarks: the mixture, whose every denoiser or score call
+    first sleeps ``a + b * rows`` seconds, the latency model of a GPU-bound network call.
+
+    Values (and ``nfe``) are those of ``GaussianMixture`` exactly; only the time changes, so a
+    cluster of CPU-only processes behaves like one whose workers wait on a GPU
+    (``experiments/benchmarks/cluster_scaling.py``; docs/benchmarks.md, ``cluster_scaling``).
+    ``latency`` = (a, b): seconds per call and per row, finite and >= 0.
+    """
+
+    def __init__(
+        self,
+        means: torch.Tensor,
+        weights: torch.Tensor,
+        latency: Sequence[float],
+        std: float = 1.0,
+    ) -> None:
+        super().__init__(means, weights, std)
+        pair = tuple(latency) if isinstance(latency, Sequence) else ()
+        if len(pair) != 2 or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            for v in pair
+        ):
+            raise PriorInputError(
+                f"latency must be [a, b]: seconds per call and per row, finite and >= 0, got "
+                f"{latency!r}"
+            )
+        self.latency = (float(pair[0]), float(pair[1]))
+
+    def call_seconds(self, rows: int) -> float:
+        """The simulated time of one call on ``rows`` rows: a + b * rows."""
+        return self.latency[0] + self.latency[1] * rows
+
+    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.call_seconds(x.shape[0]))
+        return super()._denoise(x, sigma)
+
+    def score(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        time.sleep(self.call_seconds(x.shape[0]))
+        return super().score(x, sigma)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, latency={self.latency} (simulated)"
 
 
 class LinearDecoderPrior(GaussianMixture):
@@ -298,17 +345,24 @@ def default_gmm_prior(
     latent: bool = False,
     dtype: torch.dtype | str = torch.float64,
     device: torch.device | str | None = None,
+    latency: Sequence[float] | None = None,
 ) -> GaussianMixture:
     """The MCGdiff prior for dimension d, what ``solvers.priors.load("gmm", d=...)`` builds.
 
     It depends on d only (not on the instance seed), so a worker rebuilds it from its spec.
     ``latent=True`` wraps the same mixture in a ``LinearDecoderPrior`` whose decoder comes from
-    ``random_decoder`` with a generator seeded ``DECODER_SEED_BASE + d``.
+    ``random_decoder`` with a generator seeded ``DECODER_SEED_BASE + d``. ``latency=[a, b]``
+    (pixel mixture only) builds a ``SimulatedLatencyMixture``: the same values, each network call
+    sleeping a + b x rows seconds (a simulated GPU, for scheduling benchmarks).
     """
     means, weights = mcgdiff_means(d), mcgdiff_weights(d)
-    if latent:
+    if latency is not None:
+        if latent:
+            raise PriorInputError("latency simulates the pixel mixture only; drop latent=True")
+        prior: GaussianMixture = SimulatedLatencyMixture(means, weights, latency)
+    elif latent:
         decoder, bias = random_decoder(d, make_generator(DECODER_SEED_BASE + d))
-        prior: GaussianMixture = LinearDecoderPrior(means, weights, decoder, bias)
+        prior = LinearDecoderPrior(means, weights, decoder, bias)
     else:
         prior = GaussianMixture(means, weights)
     return prior.to(device=device, dtype=_resolve_dtype(dtype))
