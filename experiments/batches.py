@@ -10,9 +10,11 @@ retried, with a warning naming the new batch size.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,10 +99,14 @@ def batch_spec(
     indices: Sequence[int],
 ) -> EnsembleSpec:
     """The ensemble run of a batch of images (one problem each; a single image is the plain
-    single-problem run). Workers are capped at the batch's rows."""
+    single-problem run). Workers are capped at the batch's rows; a ``checkpoint_dir`` becomes
+    the batch's own folder in it (``checkpoint_folder``), since batches run concurrently."""
     settings = config.method_ensemble(method)
     rows = settings.particles * len(indices)
     settings = settings.replace(progress=False, workers=min(settings.workers, rows))
+    if settings.checkpoint_dir is not None:
+        folder = checkpoint_folder(settings.checkpoint_dir, task, method, indices)
+        settings = settings.replace(checkpoint_dir=str(folder))
     seeds = [sampler_seed(config, i) for i in indices]
     single = len(indices) == 1
     shared = all(op is image_operators[0] for op in image_operators)
@@ -115,6 +121,17 @@ def batch_spec(
         device=config.device,
         settings=settings,
     )
+
+
+def checkpoint_folder(
+    root: str, task: TaskConfig, method: MethodConfig, indices: Sequence[int]
+) -> Path:
+    """A batch's checkpoint folder under ``root``: ``TASK/METHOD/images_FIRST_COUNT_DIGEST``,
+    the digest naming the exact images, so two batches (concurrent jobs, or the halves of a
+    split batch) never share a checkpoint and a job re-run after a lost worker resumes its
+    own."""
+    digest = hashlib.sha1(",".join(map(str, indices)).encode()).hexdigest()[:8]
+    return Path(root) / task.name / method.name / f"images_{indices[0]}_{len(indices)}_{digest}"
 
 
 @dataclass
