@@ -15,11 +15,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One small local Ray instance for the whole test session (never per test)."""
+    """One small local Ray instance for the whole test session (never per test); always a new
+    one (``address="local"``): ``ray.init()`` would join any Ray cluster running on this machine,
+    such as a multi-node test's or benchmark's ``Cluster`` in another process."""
     import ray
 
     if not ray.is_initialized():
         ray.init(
+            address="local",
             num_cpus=2,
             include_dashboard=False,
             object_store_memory=100 * 2**20,
