@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import itertools
 import json
 import os
 import statistics
@@ -363,30 +364,32 @@ def efficiency(ideal_seconds: float, nodes: int, seconds: float) -> float:
     return ideal_seconds / (nodes * seconds)
 
 
-def sim_specs(settings: SimSettings, first: int = 0) -> dict[str, Any]:
-    """``settings.jobs`` EnsembleSpecs keyed ``job-<i>``: job i is DAPS on the MCGdiff instance
-    ``i`` (d = 8, d_y = 1), its measurement solved ``problems`` times in one batch with seeds
-    i x problems + p (a batch shares its operator's noise level)."""
+def sim_spec(settings: SimSettings, index: int) -> Any:
+    """Job ``index``: DAPS on the MCGdiff instance ``index`` (d = 8, d_y = 1), its measurement
+    solved ``settings.problems`` times in one batch with seeds index x problems + p (a batch
+    shares its operator's noise level)."""
     from ensemble import EnsembleSettings, EnsembleSpec, OperatorSpec
     from solvers import SolverSpec
     from solvers.priors.gmm import mcgdiff_problem
 
-    solver = SolverSpec(
-        "daps", "gmm/pixel_hmc", {"annealing_steps": settings.annealing_steps, "mcmc_steps": 4}
+    problem = mcgdiff_problem(8, 1, index)
+    return EnsembleSpec(
+        solver=SolverSpec(
+            "daps",
+            "gmm/pixel_hmc",
+            {"annealing_steps": settings.annealing_steps, "mcmc_steps": 4},
+        ),
+        prior=settings.prior,
+        operator=OperatorSpec.of(problem.operator),
+        y=problem.y.expand(settings.problems, -1).clone(),
+        seed=tuple(index * settings.problems + p for p in range(settings.problems)),
+        settings=EnsembleSettings(particles=settings.particles, progress=False),
     )
-    ensemble = EnsembleSettings(particles=settings.particles, progress=False)
-    specs = {}
-    for i in range(first, first + settings.jobs):
-        problem = mcgdiff_problem(8, 1, i)
-        specs[f"job-{i}"] = EnsembleSpec(
-            solver=solver,
-            prior=settings.prior,
-            operator=OperatorSpec.of(problem.operator),
-            y=problem.y.expand(settings.problems, -1).clone(),
-            seed=tuple(i * settings.problems + p for p in range(settings.problems)),
-            settings=ensemble,
-        )
-    return specs
+
+
+def sim_specs(settings: SimSettings) -> dict[str, Any]:
+    """The ``settings.jobs`` jobs of a run, keyed ``job-<i>``."""
+    return {f"job-{i}": sim_spec(settings, i) for i in range(settings.jobs)}
 
 
 def digest(results: Sequence[Any]) -> str:
@@ -473,16 +476,18 @@ def run_sim(nodes: int, settings: SimSettings, kill: bool) -> SimRow:
 def _warm_up(pool: Any, warm: SimSettings, nodes: int) -> None:
     """Run short jobs until every node has finished one: then each node's pool actor has
     started and loaded the prior, and the timed phase measures scheduling only."""
-    specs = iter(sim_specs(warm, first=10_000).items())
+    numbers = itertools.count(10_000)  # keys and instances apart from the timed jobs'
     seen: set[str] = set()
     for _ in range(nodes):
-        pool.submit(*next(specs))
+        index = next(numbers)
+        pool.submit(f"warm-up-{index}", sim_spec(warm, index))
     for outcome in pool.results():
         if outcome.error is not None:
             raise RuntimeError(f"warm-up job failed: {outcome.error}")
         seen.add(outcome.node)
         if len(seen) < nodes:
-            pool.submit(*next(specs))
+            index = next(numbers)
+            pool.submit(f"warm-up-{index}", sim_spec(warm, index))
 
 
 def sim_table(rows: Sequence[SimRow]) -> str:
