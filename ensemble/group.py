@@ -104,7 +104,8 @@ class ParticleGroup:
                 raise RuntimeError("step received a push without an observe(want_features) first")
             leaf, features = self._graph
             force = weight * self.features.pullback(leaf, features, push).to(state.x)
-            force = torch.where(state.active.view(-1, *[1] * (force.dim() - 1)), force, 0.0)
+            active = state.active.to(force.device)  # status may stay on the CPU
+            force = torch.where(active.view(-1, *[1] * (force.dim() - 1)), force, 0.0)
         self._graph = None
         self.state = self.solver.step(state, k, force=force)
         return time.perf_counter() - began
@@ -124,12 +125,11 @@ class ParticleGroup:
     def export(self, positions: list[int]) -> Payload:
         """Copies of the particles at local ``positions`` (CPU tensors, generator states)."""
         state = self._state()
-        index = torch.as_tensor(positions, dtype=torch.long, device=state.x.device)
         return {
-            "x": state.x[index].cpu(),
-            "x0": state.x0[index].cpu(),
-            "status": state.status[index].cpu(),
-            "extra": {k: v[index].cpu() for k, v in state.extra.items()},
+            "x": _take(state.x, positions).cpu(),
+            "x0": _take(state.x0, positions).cpu(),
+            "status": _take(state.status, positions).cpu(),
+            "extra": {k: _take(v, positions).cpu() for k, v in state.extra.items()},
             "generators": [state.generators[i].get_state() for i in positions],
         }
 
@@ -140,16 +140,13 @@ class ParticleGroup:
         if not positions or payload is None:
             return
         state = self._state()
-        index = torch.as_tensor(positions, dtype=torch.long, device=state.x.device)
-        state.x = state.x.clone()
-        state.x0 = state.x0.clone()
-        state.status = state.status.clone()
-        state.x[index] = payload["x"].to(state.x)
-        state.x0[index] = payload["x0"].to(state.x0)
-        state.status[index] = payload["status"].to(state.status)
-        state.extra = {k: v.clone() for k, v in state.extra.items()}
-        for key, value in payload["extra"].items():
-            state.extra[key][index] = value.to(state.extra[key])
+        state.x = _put(state.x, positions, payload["x"])
+        state.x0 = _put(state.x0, positions, payload["x0"])
+        state.status = _put(state.status, positions, payload["status"])
+        state.extra = {
+            k: _put(v, positions, payload["extra"][k]) if k in payload["extra"] else v
+            for k, v in state.extra.items()
+        }
         for position, generator_state in zip(positions, payload["generators"], strict=True):
             state.generators[position].set_state(generator_state)
         if seeds is not None:
@@ -158,8 +155,8 @@ class ParticleGroup:
     def prune(self, positions: list[int]) -> None:
         """Stop the particles at local ``positions`` (they lost a pruning round)."""
         state = self._state()
-        state.status = state.status.clone()
-        state.status[torch.as_tensor(positions, dtype=torch.long)] = STATUS_PRUNED
+        pruned = torch.full((len(positions),), STATUS_PRUNED, dtype=state.status.dtype)
+        state.status = _put(state.status, positions, pruned)
 
     def statuses(self) -> torch.Tensor:
         return self._state().status.cpu()
@@ -180,6 +177,19 @@ class ParticleGroup:
         if self.state is None:
             raise RuntimeError("the particle group has not been started")
         return self.state
+
+
+def _take(tensor: torch.Tensor, positions: list[int]) -> torch.Tensor:
+    """Rows ``positions`` of ``tensor``, indexed on the tensor's own device (a state's x may
+    live on a GPU while its status stays on the CPU)."""
+    return tensor[torch.as_tensor(positions, dtype=torch.long, device=tensor.device)]
+
+
+def _put(tensor: torch.Tensor, positions: list[int], values: torch.Tensor) -> torch.Tensor:
+    """A copy of ``tensor`` with rows ``positions`` set to ``values``, on the tensor's device."""
+    out = tensor.clone()
+    out[torch.as_tensor(positions, dtype=torch.long, device=tensor.device)] = values.to(out)
+    return out
 
 
 def _cluster_node() -> str | None:

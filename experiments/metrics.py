@@ -176,7 +176,7 @@ def ensemble_metrics(
     of the selected samples (LPIPS as ``settings`` asks, ``lpips_backbone`` naming the network
     that scored it, "" for none) and the spread of the particles that finished."""
     lpips_net = settings.lpips_net if settings.lpips else None
-    chosen = result.samples.float()
+    chosen = result.samples.float().to(truth.device)  # results come back on the CPU
     random_backbone = settings.lpips_random_backbone
     out: dict[str, float | str] = dict(
         image_metrics(chosen, truth, operator, y, lpips_net, random_backbone)

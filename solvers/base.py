@@ -160,7 +160,7 @@ class State:
 
     def mark_nonfinite(self) -> None:
         """Stop particles whose state or estimate holds NaN/inf (their values are frozen)."""
-        bad = ~finite_rows(self.x) | ~finite_rows(self.x0)
+        bad = (~finite_rows(self.x) | ~finite_rows(self.x0)).to(self.status.device)
         self.status = torch.where(bad, torch.full_like(self.status, STATUS_NONFINITE), self.status)
 
     @property
@@ -403,10 +403,11 @@ class Solver:
         """||A(x0) - y||^2 per particle with its own y and operator (inf for stopped ones)."""
         operator = state.operator if state.operator is not None else self.operator
         assert operator is not None and state.y is not None
+        active = state.active.to(state.x0.device)  # status may stay on the CPU
         with torch.no_grad():
-            safe = torch.where(state.active.view(-1, *([1] * (state.x0.dim() - 1))), state.x0, 0.0)
+            safe = torch.where(active.view(-1, *([1] * (state.x0.dim() - 1))), state.x0, 0.0)
             loss = operator.loss(safe, state.y)
-        return torch.where(state.active, loss, torch.full_like(loss, float("inf")))
+        return torch.where(active.to(loss.device), loss, torch.full_like(loss, float("inf")))
 
     def check_problem(self, prior: Prior, operator: Operator, y: torch.Tensor) -> None:
         """Raise ``SolverInputError`` for a prior/operator/measurement this solver cannot use."""

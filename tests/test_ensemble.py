@@ -249,3 +249,17 @@ def test_progress_bar_shows_steps_particles_alive_and_best_loss(problem, capsys)
     err = capsys.readouterr().err
     assert "daps x6 (local)" in err and "10/10" in err
     assert "alive=2" in err and "best=" in err
+
+
+def test_row_moves_index_each_tensor_on_its_own_device() -> None:
+    from ensemble.group import _put, _take
+
+    status = torch.tensor([0, 1, 0, 2])
+    x = torch.arange(8.0).view(4, 2)
+    assert torch.equal(_take(status, [3, 0]), torch.tensor([2, 0]))
+    assert torch.equal(_take(x, [1]), torch.tensor([[2.0, 3.0]]))
+    moved = _put(x, [0, 2], torch.tensor([[9.0, 9.0], [7.0, 7.0]], dtype=torch.float64))
+    assert moved.dtype == x.dtype and torch.equal(
+        moved[[0, 2]], torch.tensor([[9.0, 9.0], [7.0, 7.0]])
+    )
+    assert torch.equal(x[0], torch.tensor([0.0, 1.0]))  # the original is left as it was

@@ -79,12 +79,18 @@ def methods(dps_steps: int) -> dict[str, dict[str, Any]]:
 
 
 def experiment(
-    method: dict[str, Any], images: int, images_per_batch: int, particles: int, output: str
+    method: dict[str, Any],
+    images: int,
+    images_per_batch: int,
+    particles: int,
+    output: str,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """The config mapping of one run: one method, one task, tracking and LPIPS off."""
     return {
         "name": f"image_batches_{method['name']}_{images_per_batch}",
         "prior": "digits",
+        "device": device,
         "data": {"dataset": "digits", "split": "test", "images": images},
         "tasks": [TASK],
         "methods": [method],
@@ -457,6 +463,9 @@ def main(argv: list[str] | None = None) -> None:
         "--methods", nargs="+", default=[TARGET_METHOD, "dps"], choices=[TARGET_METHOD, "dps"]
     )
     parser.add_argument("--particles", type=int, default=1, help="particles per image")
+    parser.add_argument(
+        "--device", default="cpu", help="device of the dipswarm runs (cpu, cuda, cuda:N)"
+    )
     parser.add_argument("--dps-steps", type=int, default=100, help="DPS num_steps")
     parser.add_argument("--unet-batches", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--unet-repeats", type=int, default=2, help="timed calls per batch")
@@ -492,8 +501,9 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="image_batches-") as root:
             for name in args.methods:
                 for size in args.batches:
+                    output = f"{root}/{name}-{size}"
                     raw = experiment(
-                        table[name], args.images, size, args.particles, f"{root}/{name}-{size}"
+                        table[name], args.images, size, args.particles, output, args.device
                     )
                     runs.append(measure_in_subprocess(raw, args.threads))
                     print(
