@@ -117,14 +117,19 @@ class RealRow:
         return self.images / self.seconds
 
 
-def real_experiment(images: int, images_per_batch: int, output: str) -> dict[str, Any]:
-    """The config mapping of the real part: DAPS (demo steps), one task, tracking, LPIPS off."""
+def real_experiment(
+    images: int, images_per_batch: int, output: str, annealing_steps: int = 25
+) -> dict[str, Any]:
+    """The config mapping of the real part: DAPS (the demo's steps; ``annealing_steps`` 25 as
+    in the demo, more for a longer run), one task, tracking and LPIPS off."""
+    method = methods(dps_steps=1)[TARGET_METHOD]
+    method = {**method, "overrides": {**method["overrides"], "annealing_steps": annealing_steps}}
     return {
         "name": "cluster_scaling",
         "prior": "digits",
         "data": {"dataset": "digits", "split": "test", "images": images},
         "tasks": [TASK],
-        "methods": [methods(dps_steps=1)[TARGET_METHOD]],
+        "methods": [method],
         "ensemble": {"particles": 1, "backend": "local", "selection": "best"},
         "execution": {"images_per_batch": images_per_batch},
         "metrics": {"lpips": False},
@@ -641,6 +646,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--particles", type=int, default=4, help="particles per problem")
     parser.add_argument("--annealing-steps", type=int, default=10, help="DAPS steps per job")
     parser.add_argument(
+        "--real-annealing-steps",
+        type=int,
+        default=25,
+        help="DAPS annealing steps of the real part (25: the demo's)",
+    )
+    parser.add_argument(
         "--time-scale", type=float, default=0.5, help="multiplies the UNet latency (a, b)"
     )
     parser.add_argument(
@@ -679,13 +690,16 @@ def main(argv: list[str] | None = None) -> None:
         if not args.skip_real:
             print(
                 f"## dipswarm run on this machine: digits prior, {TASK['name']}, {args.images} "
-                f"test images, {TARGET_METHOD} (demo steps), {args.images_per_batch} images per "
+                f"test images, {TARGET_METHOD} ({args.real_annealing_steps} annealing steps), "
+                f"{args.images_per_batch} images per "
                 "job, tracking and LPIPS off; each configuration in a fresh process after a "
                 "1-image warm-up run; CPU s = process tree (driver, Ray, workers)\n"
             )
             for config in REAL_CONFIGS:
                 out = f"{root}/{'pool' if config.pooled else 'loop'}-{config.workers}"
-                raw = real_experiment(args.images, args.images_per_batch, out)
+                raw = real_experiment(
+                    args.images, args.images_per_batch, out, args.real_annealing_steps
+                )
                 answer = _in_subprocess("--real-one", {"raw": raw, "config": asdict(config)})
                 real.append(RealRow(**answer))
                 print(
