@@ -8,6 +8,7 @@ operator (docs/hooks.py).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def test_docs_build_strictly(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=300,
-        env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"},
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},  # no end-of-life banner
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     for page in PAGES:

@@ -702,16 +702,8 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 answer = _in_subprocess("--real-one", {"raw": raw, "config": asdict(config)})
                 real.append(RealRow(**answer))
-                print(
-                    f"  {config.label}: {real[-1].seconds:.1f} s, load average "
-                    f"{os.getloadavg()[0]:.2f}",
-                    flush=True,
-                )
-            print()
-            print(real_table(real))
-            print()
-            for line in real_target_lines(real):
-                print(line)
+                _progress(config.label, real[-1].seconds)
+            _print_results(real_table(real), real_target_lines(real))
             print()
     if not args.skip_sim:
         latency = (UNET_LATENCY[0] * args.time_scale, UNET_LATENCY[1] * args.time_scale)
@@ -740,20 +732,26 @@ def main(argv: list[str] | None = None) -> None:
                 "latency": list(latency),
             }
             sim.append(SimRow(**_in_subprocess("--sim-one", payload)))
-            print(
-                f"  {nodes} node(s){', one removed mid-run' if kill else ''}: "
-                f"{sim[-1].seconds:.1f} s, load average {os.getloadavg()[0]:.2f}",
-                flush=True,
-            )
-        print()
-        print(sim_table(sim))
-        print()
-        for line in sim_target_lines(sim):
-            print(line)
+            _progress(f"{nodes} node(s){', one removed mid-run' if kill else ''}", sim[-1].seconds)
+        _print_results(sim_table(sim), sim_target_lines(sim))
     print(f"\n1-min load average at the end: {os.getloadavg()[0]:.2f}")
     if args.csv:
         write_csv(args.csv, real, sim)
         print(f"\nrows written to {args.csv}")
+
+
+def _progress(label: str, seconds: float) -> None:
+    """One finished configuration, with the machine's load (shared cores disturb timings)."""
+    print(f"  {label}: {seconds:.1f} s, load average {os.getloadavg()[0]:.2f}", flush=True)
+
+
+def _print_results(table: str, targets: Sequence[str]) -> None:
+    """A part's table, then its PASS/FAIL lines."""
+    print()
+    print(table)
+    print()
+    for line in targets:
+        print(line)
 
 
 if __name__ == "__main__":
