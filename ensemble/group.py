@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import sys
 import time
 from typing import Any
 
@@ -193,9 +194,8 @@ def _put(tensor: torch.Tensor, positions: list[int], values: torch.Tensor) -> to
 
 
 def _cluster_node() -> str | None:
-    """This host's name when the process is a Ray worker (else None)."""
-    import sys
-
+    """This host's name when the process is a Ray worker (else None; ray is not imported for
+    the question)."""
     if "ray" not in sys.modules:
         return None
     import ray

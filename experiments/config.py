@@ -97,8 +97,8 @@ class MethodConfig:
             "name": self.name,
             "solver": self.spec.name,
             "preset": self.spec.preset,
-            "overrides": _plain(self.spec.overrides),
-            "ensemble": _plain(self.ensemble),
+            "overrides": plain(self.spec.overrides),
+            "ensemble": plain(self.ensemble),
         }
 
     @property
@@ -221,11 +221,11 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, dicts, scalars) that ``from_dict`` reads back."""
-        return _plain(self)
+        return plain(self)
 
     def method_ensemble(self, method: MethodConfig) -> EnsembleSettings:
         """The experiment's ensemble settings with the method's own changes applied."""
-        merged = {**_plain(self.ensemble), **method.ensemble}
+        merged = {**plain(self.ensemble), **method.ensemble}
         return build_section(EnsembleSettings, merged, f"methods.{method.name}.ensemble")
 
 
@@ -555,17 +555,17 @@ def expand(value: Any) -> Any:
     return value
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Settings as plain YAML data: dataclasses (through ``to_config`` where they define it) as
     dicts, tuples as lists."""
     if hasattr(value, "to_config"):
         return value.to_config()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 

@@ -44,6 +44,7 @@ from experiments.config import (
     check_paths,
     dump_config,
     expand,
+    plain,
 )
 
 RESULT_COLUMNS = [
@@ -217,7 +218,7 @@ def _batch_size(config: ExperimentConfig, method: MethodConfig) -> int:
 
 def _child_params(config: ExperimentConfig, task: TaskConfig, method: MethodConfig) -> Any:
     """The params of a (task, method) child run."""
-    return _plain(
+    return plain(
         {
             "task": task.name,
             "method": method.name,
@@ -385,7 +386,7 @@ def _image_row(
         row.update(
             metrics.ensemble_metrics(config.metrics, image.operator, image.truth, image.y, result)
         )
-        particles = config.method_ensemble(method).particles
+        particles = len(result.all_samples)
         row.update({"nfe": result.nfe, "particles": particles, "status": "ok", "error": ""})
         row["seconds"] = seconds
         folder = Path(task.name) / method.name
@@ -453,24 +454,10 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def _plain(value: Any) -> Any:
-    """Config values as plain data for MLflow params (dataclasses -> dicts)."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def _start_ray_if_needed(config: ExperimentConfig) -> None:
     """Connect to (or start) Ray once for the experiment when any method uses the ray backend."""
-    addresses = {
-        config.method_ensemble(m).address
-        for m in config.methods
-        if config.method_ensemble(m).backend == "ray"
-    }
+    ensembles = [config.method_ensemble(m) for m in config.methods]
+    addresses = {e.address for e in ensembles if e.backend == "ray"}
     if addresses:
         ensure_ray(sorted(addresses, key=str)[0])
 
