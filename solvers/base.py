@@ -15,6 +15,14 @@ stream and, up to the round-off of batched kernels, the same sample in any batch
 solver's one update ``_update(rows, k) -> Update``, writes the result back into the full state
 and stops the particles whose new values are non-finite. Stopped and pruned particles cost
 nothing.
+
+Weighted solvers (``weighted = True``: the SMC samplers, docs/ensemble.md "Weighted solvers")
+also report, per particle, the log incremental importance weight of each move,
+log p(x' | x) + log g'(x') - log g(x) - log q(x' | x, y), as ``Update.log_weight``; their
+``_init`` stores the initial weight in ``extra[LOG_WEIGHT]``. The template keeps the latest
+increment there (so it moves with the particle when an ensemble copies or checkpoints it), and
+the ensemble accumulates, resamples and reports the weights. Increments may omit a term that is
+the same for every particle of one problem (it cancels when the weights are normalised).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from solvers.priors.base import Prior
 STATUS_OK = 0
 STATUS_NONFINITE = 1
 STATUS_PRUNED = 2  # set by an ensemble: the particle lost a pruning round and is not stepped
+LOG_WEIGHT = "log_weight"  # extra key: a weighted solver's latest log incremental weight
 STATUS_NAMES = {
     STATUS_OK: "ok",
     STATUS_NONFINITE: "stopped: non-finite values",
@@ -195,13 +204,16 @@ class Update:
     ``extra``: new rows of (some of) the state's extra tensors. ``failed``: rows to stop as
     non-finite even though ``x`` and ``x0`` are finite (a solver that keeps a failed particle's
     last finite values returns those together with ``failed``); rows whose ``x`` or ``x0`` is
-    non-finite are stopped in any case.
+    non-finite are stopped in any case. ``log_weight``: a weighted solver's log incremental
+    weight of each row's move (float64); a non-finite value stops nothing (the ensemble gives
+    the particle weight zero).
     """
 
     x: torch.Tensor
     x0: torch.Tensor
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     failed: torch.Tensor | None = None
+    log_weight: torch.Tensor | None = None
 
 
 def finite_rows(t: torch.Tensor) -> torch.Tensor:
@@ -228,6 +240,9 @@ class Result:
     nfe: int
     seconds: float
     traces: dict[str, list[Any]]
+    # a weighted solver's accumulated log-weights (no resampling: plain importance sampling);
+    # None for unweighted solvers
+    log_weights: torch.Tensor | None = None
 
 
 class Solver:
@@ -240,6 +255,7 @@ class Solver:
     config_class: ClassVar[type[SolverConfig]] = SolverConfig
     latent: ClassVar[bool | None] = None  # True: latent priors only, False: pixel only
     linear_only: ClassVar[bool] = False
+    weighted: ClassVar[bool] = False  # reports log incremental weights (module docstring)
 
     def __init__(self, config: SolverConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -335,7 +351,12 @@ class Solver:
         status = state.status.clone()
         status[rows[failed.to(rows.device)]] = STATUS_NONFINITE
         extra = dict(state.extra)
-        for key, value in update.extra.items():
+        changes = dict(update.extra)
+        if self.weighted:
+            if update.log_weight is None:
+                raise RuntimeError(f"{self.name} is weighted but its update has no log_weight")
+            changes[LOG_WEIGHT] = update.log_weight.to(torch.float64)
+        for key, value in changes.items():
             extra[key] = _put_rows(state.extra[key], rows.to(value.device), value)
         return dataclasses.replace(
             state,
@@ -379,8 +400,11 @@ class Solver:
         start = time.perf_counter()
         state = self.init(prior, operator, y, n, seed)
         traces: dict[str, list[Any]] = {"loss": [], "sigma": []}
+        log_weights = self.log_weight(state)
         for k in range(self.num_steps):
             state = self.step(state, k)
+            if log_weights is not None:
+                log_weights = log_weights + self.log_weight(state)
             traces["loss"].append(self.measurement_loss(state).tolist())
             traces["sigma"].append(self.noise_level(k))
             if callback is not None:
@@ -392,7 +416,19 @@ class Solver:
             nfe=prior.nfe - start_nfe,
             seconds=time.perf_counter() - start,
             traces=traces,
+            log_weights=log_weights,
         )
+
+    def log_weight(self, state: State) -> torch.Tensor | None:
+        """The latest log incremental weight per particle (float64, CPU; -inf for stopped
+        particles); None for an unweighted solver."""
+        if not self.weighted:
+            return None
+        if LOG_WEIGHT not in state.extra:
+            raise RuntimeError(f"{self.name} is weighted but its init set no extra[{LOG_WEIGHT!r}]")
+        value = state.extra[LOG_WEIGHT].detach().to("cpu", torch.float64)
+        value = torch.nan_to_num(value, nan=float("-inf"), posinf=float("-inf"))
+        return torch.where(state.active.cpu(), value, torch.full_like(value, float("-inf")))
 
     # -- helpers shared by solvers ----------------------------------------------------------------
     def noise_level(self, k: int) -> float:
