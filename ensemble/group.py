@@ -86,6 +86,7 @@ class ParticleGroup:
             "sigma_y": float(self.operator.sigma),
             "nfe": self.nfe(),
             "features": None,
+            "log_weight": self.log_weights(),
         }
         self._graph = None
         if repulsion.active(sigma):
@@ -114,6 +115,10 @@ class ParticleGroup:
     def samples(self) -> torch.Tensor:
         """Final samples in image space (CPU)."""
         return self.solver.result(self._state()).detach().cpu()
+
+    def log_weights(self) -> torch.Tensor | None:
+        """A weighted solver's latest log incremental weights (CPU float64), else None."""
+        return self.solver.log_weight(self._state())
 
     def losses(self) -> torch.Tensor:
         return self.solver.measurement_loss(self._state()).double().cpu()

@@ -4,7 +4,8 @@ A run holds one or several problems (images), each with ``particles`` rows; ever
 (repulsion, pruning, SMC resampling, final selection) and every trace is per problem. Each
 outer step k: one barrier gathers every group's measurement losses (and features where
 repulsion acts); the driver prunes (top-k) or resamples (SMC) and copies survivors' states into
-freed slots; it computes the repulsion push in feature space and scatters it; each group pulls
+freed slots (a weighted solver's particles: by their accumulated importance weights, see
+``_reweight``); it computes the repulsion push in feature space and scatters it; each group pulls
 its push back to its particles and calls ``solver.step(state, k, force)``. Every
 ``checkpoint_every`` steps the particles and the driver's own state are snapshotted (in memory,
 and on disk with ``checkpoint_dir``): a dead worker rolls the run back to the snapshot, and a
@@ -40,6 +41,7 @@ from solvers.base import STATUS_NAMES, STATUS_OK, particle_seed
 
 CHECKPOINT_FILE = "ensemble_checkpoint.pt"
 _SMC_SALT = 0x5EC
+_SELECTION_SALT = 0x5E1EC7
 
 
 @dataclass
@@ -50,7 +52,7 @@ class EnsembleResult:
     all_samples: torch.Tensor  # every particle's final sample, (N, *image shape)
     loss: torch.Tensor  # final measurement loss per particle (inf for stopped particles)
     status: list[str]
-    selected: list[int]
+    selected: list[int]  # indices into all_samples (repeats where "weighted" resampled)
     origin: list[int]  # the initial particle each particle slot descends from
     nfe: int  # network evaluations per particle (the largest count over workers)
     seconds: float
@@ -59,6 +61,9 @@ class EnsembleResult:
     # waiting, checkpoints), bytes moved between driver and workers, network calls, restarts;
     # shared by the problems of one run
     stats: dict[str, float]
+    # a weighted solver's final importance weights per particle, normalised (log-sum-exp 0);
+    # None for unweighted solvers
+    log_weights: torch.Tensor | None = None
 
 
 def _empty_traces() -> dict[str, list[Any]]:
@@ -70,6 +75,9 @@ class DriverState:
     """What the driver carries between steps (checkpointed with the particles).
 
     ``origin``, ``log_weights``, ``potential``: per global row slot; ``traces``: per problem.
+    ``log_weights``: the weights accumulated since the last resampling (a weighted solver's
+    importance weights, or steering's potential increments); ``potential``: steering's last
+    potential.
     ``nfe``: network calls per particle made before the groups' call counts last restarted (at
     a restore), so a resumed or recovered run reports the nfe of an undisturbed one.
     """
@@ -100,8 +108,9 @@ class Ensemble:
         self.spec = spec
         self.make_backend = backend
         self.settings = spec.settings
-        self.num_steps = spec.solver.build().num_steps
-        spec.settings.pruning.check_steps(self.num_steps)
+        solver = spec.solver.build()
+        self.num_steps, self.weighted = solver.num_steps, solver.weighted
+        spec.settings.check_solver(self.num_steps, self.weighted)
         self.backend: LocalBackend | RayBackend | None = None
         # compute: the slowest worker's time inside observe + step, summed over steps;
         # loop: driver wall time of the step loop (checkpoints and recoveries included)
@@ -179,8 +188,12 @@ class Ensemble:
         pruning = self.settings.pruning
         ancestors = torch.arange(self.spec.rows)
         changed, stopped = False, torch.zeros(self.spec.rows, dtype=torch.bool)
+        increments = _cat_or_none([o["log_weight"] for o in observed])
         for p, block in enumerate(self._blocks()):
-            chosen = self._select(driver, p, k, loss[block], status[block], sigma_y, sigma)
+            if increments is not None:
+                chosen = self._reweight(driver, p, k, increments[block])
+            else:
+                chosen = self._select(driver, p, k, loss[block], status[block], sigma_y, sigma)
             if isinstance(chosen, tuple):  # pruning without refill: the losers stop
                 stopped[block] = chosen[1]
             elif chosen is not None:
@@ -212,7 +225,7 @@ class Ensemble:
             traces["alive"].append(int(alive.sum()))
             traces["sigma"].append(sigma)
             weights = None if driver.log_weights is None else driver.log_weights[block]
-            traces["ess"].append(effective_sample_size(weights) if weights is not None else None)
+            traces["ess"].append(_ess_or_none(weights))
             traces["moves"].append(moved[p])
 
     # -- interaction -----------------------------------------------------------------------------
@@ -228,7 +241,7 @@ class Ensemble:
     ) -> torch.Tensor | tuple[None, torch.Tensor] | None:
         """Problem ``problem``'s selection at step k: its ancestors (particle indices within the
         problem), ``(None, stop mask)`` for pruning without refill, or None (no change)."""
-        settings, n = self.settings, self.settings.particles
+        settings = self.settings
         loss = torch.where(status == STATUS_OK, loss, torch.full_like(loss, float("inf")))
         pruning = settings.pruning
         if k in pruning.steps:
@@ -238,12 +251,12 @@ class Ensemble:
             if not pruning.refill:
                 return None, (~kept) & (status == STATUS_OK)
             return ancestors
-        smc = settings.smc
-        end = smc.end if smc.end is not None else self.num_steps
-        if not smc.enabled or not smc.start <= k < end:
+        steering = settings.steering
+        end = steering.end if steering.end is not None else self.num_steps
+        if not steering.enabled or not steering.start <= k < end:
             return None
         block = self._blocks()[problem]
-        phi = smc_log_potential(loss, sigma_y, sigma, smc.temperature)
+        phi = smc_log_potential(loss, sigma_y, sigma, steering.temperature)
         if driver.potential is None or driver.log_weights is None:  # NaN: not started yet
             driver.log_weights = torch.zeros(self.spec.rows, dtype=torch.float64)
             driver.potential = torch.full((self.spec.rows,), float("nan"), dtype=torch.float64)
@@ -254,17 +267,43 @@ class Ensemble:
         log_weights = torch.nan_to_num(driver.log_weights[block] + increment, nan=float("-inf"))
         driver.log_weights[block] = log_weights
         driver.potential[block] = phi
-        if not torch.isfinite(log_weights).any():
+        ancestors = self._resample_if_degenerate(problem, k, log_weights, steering.ess_threshold)
+        if ancestors is None:
             return None
-        if effective_sample_size(log_weights) >= smc.ess_threshold * n:
-            return None
-        seed = particle_seed(self.spec.seeds[problem] ^ _SMC_SALT, k)
-        generator = torch.Generator().manual_seed(seed)
-        u = float(torch.rand((), generator=generator, dtype=torch.float64))
-        ancestors = place_copies(systematic_resample(log_weights, u))
         driver.log_weights[block] = 0.0
         driver.potential[block] = phi[ancestors]
         return ancestors
+
+    def _reweight(
+        self, driver: DriverState, problem: int, k: int, increments: torch.Tensor
+    ) -> torch.Tensor | None:
+        """A weighted solver's problem ``problem`` before step k: add the increments of its
+        last move (or, at k = 0, its initial weights) to the particles' log-weights and, when
+        ESS < smc.ess_threshold N, resample them systematically (weights reset to equal).
+        Returns the ancestors, or None (no resampling)."""
+        if driver.log_weights is None:
+            driver.log_weights = torch.zeros(self.spec.rows, dtype=torch.float64)
+        block = self._blocks()[problem]
+        log_weights = driver.log_weights[block] + increments
+        driver.log_weights[block] = log_weights
+        ancestors = self._resample_if_degenerate(
+            problem, k, log_weights, self.settings.smc.ess_threshold
+        )
+        if ancestors is not None:
+            driver.log_weights[block] = 0.0
+        return ancestors
+
+    def _resample_if_degenerate(
+        self, problem: int, k: int, log_weights: torch.Tensor, threshold: float
+    ) -> torch.Tensor | None:
+        """Systematic resampling of one problem's particles when ESS < threshold N (one
+        uniform per problem and step, from the problem's seed), arranged by ``place_copies``;
+        None when the ESS is high enough or no particle has a finite weight."""
+        if not torch.isfinite(log_weights).any():
+            return None
+        if effective_sample_size(log_weights) >= threshold * log_weights.numel():
+            return None
+        return place_copies(systematic_resample(log_weights, _uniform(self.spec.seeds[problem], k)))
 
     def _pushes(self, observed: list[dict[str, Any]], status: torch.Tensor) -> list[Any]:
         """Per-group repulsion pushes (None where repulsion does not act at this step); each
@@ -383,6 +422,7 @@ class Ensemble:
             spec.settings.features,
             spec.settings.repulsion,
             spec.settings.pruning,
+            spec.settings.steering,
             spec.settings.smc,
         ]
         digest = hashlib.sha256(repr(parts).encode())
@@ -396,6 +436,10 @@ class Ensemble:
         losses = torch.cat(backend.call("losses"))
         statuses = torch.cat(backend.call("statuses"))
         calls = backend.call("nfe")
+        final_weights = None
+        if self.weighted:  # the last move's increments are not added yet
+            increments = torch.cat(backend.call("log_weights"))
+            final_weights = _zeros_if_none(driver.log_weights, self.spec.rows) + increments
         steps = max(len(driver.traces[0]["alive"]), 1)
         stats = {
             **self.stats,
@@ -407,34 +451,82 @@ class Ensemble:
         results = []
         for p, block in enumerate(self._blocks()):
             loss, status = losses[block], statuses[block]
+            weights = None if final_weights is None else _normalised(final_weights[block])
+            selected = self._selected(p, loss, status, weights)
             results.append(
                 EnsembleResult(
-                    samples=samples[block][self._selected(loss, status)],
+                    samples=samples[block][selected],
                     all_samples=samples[block],
                     loss=loss,
                     status=[STATUS_NAMES[int(s)] for s in status],
-                    selected=self._selected(loss, status),
+                    selected=selected,
                     origin=(driver.origin[block] - block.start).tolist(),
                     nfe=driver.nfe + int(max(calls)),
                     seconds=seconds,
                     traces=driver.traces[p],
                     stats=dict(stats),
+                    log_weights=weights,
                 )
             )
         return results
 
-    def _selected(self, loss: torch.Tensor, status: torch.Tensor) -> list[int]:
-        """One problem's returned particles: all running ones, or the best by loss."""
+    def _selected(
+        self, problem: int, loss: torch.Tensor, status: torch.Tensor, weights: torch.Tensor | None
+    ) -> list[int]:
+        """One problem's returned particles: all running ones, the best by loss, the heaviest
+        by final weight, or all resampled by their final weights (systematic, one uniform from
+        the problem's seed)."""
         ok = [i for i in range(len(status)) if int(status[i]) == STATUS_OK]
         candidates = ok or list(range(len(status)))
-        if self.settings.selection == "best":
+        selection = self.settings.selection
+        if selection == "best":
             order = sorted(candidates, key=lambda i: float(loss[i]))
             return order[: self.settings.select_k]
+        usable = weights is not None and bool(torch.isfinite(weights).any())
+        if selection == "heaviest" and usable:
+            assert weights is not None
+            order = sorted(candidates, key=lambda i: -float(weights[i]))
+            return order[: self.settings.select_k]
+        if selection == "weighted" and usable:
+            assert weights is not None
+            seed = self.spec.seeds[problem] ^ _SELECTION_SALT
+            return systematic_resample(weights, _uniform(seed, self.num_steps)).tolist()
         return candidates
 
     def _backend(self) -> LocalBackend | RayBackend:
         assert self.backend is not None, "the ensemble is not running"
         return self.backend
+
+
+def _uniform(seed: int, k: int) -> float:
+    """The one uniform of a systematic resampling of a problem seeded ``seed`` at step k."""
+    generator = torch.Generator().manual_seed(particle_seed(seed ^ _SMC_SALT, k))
+    return float(torch.rand((), generator=generator, dtype=torch.float64))
+
+
+def _normalised(log_weights: torch.Tensor) -> torch.Tensor:
+    """log-weights shifted so that their log-sum-exp is 0 (all -inf stays all -inf)."""
+    if not bool(torch.isfinite(log_weights).any()):
+        return log_weights.clone()
+    return log_weights - torch.logsumexp(log_weights, 0)
+
+
+def _cat_or_none(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """The groups' per-row values joined, or None when the solver reports none."""
+    return None if parts[0] is None else torch.cat([p for p in parts if p is not None])
+
+
+def _zeros_if_none(values: torch.Tensor | None, rows: int) -> torch.Tensor:
+    return torch.zeros(rows, dtype=torch.float64) if values is None else values
+
+
+def _ess_or_none(log_weights: torch.Tensor | None) -> float | None:
+    """ESS of one problem's weights (None without weights; 0 when none is finite)."""
+    if log_weights is None:
+        return None
+    if not bool(torch.isfinite(log_weights).any()):
+        return 0.0
+    return effective_sample_size(log_weights)
 
 
 def _progress(spec: EnsembleSpec, total: int, initial: int) -> Any:

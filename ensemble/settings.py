@@ -19,7 +19,8 @@ from typing import Any
 
 BACKENDS = ("local", "ray")
 FEATURES = ("pixels", "latent", "dino")
-SELECTIONS = ("all", "best")
+WEIGHT_SELECTIONS = ("weighted", "heaviest")
+SELECTIONS = ("all", "best", *WEIGHT_SELECTIONS)
 
 
 class EnsembleSpecError(ValueError):
@@ -110,12 +111,14 @@ class Pruning:
 
 
 @dataclass(frozen=True)
-class SMC:
-    """Potential-based SMC resampling (twisted-SMC-style potentials, Wu et al., NeurIPS 2023).
+class Steering:
+    """Heuristic Feynman-Kac steering by a measurement-loss potential (not a consistent sampler).
 
     Potential phi_i = -temperature ||A(x0_i) - y||^2 / (2 (sigma_y^2 + r^2)) at noise level r;
     incremental log-weights phi_k - phi_{k-1} accumulate, and the particles are resampled
-    systematically when ESS < ``ess_threshold`` N, at steps in [``start``, ``end``).
+    systematically when ESS < ``ess_threshold`` N, at steps in [``start``, ``end``). The
+    weights leave out the proposal correction, so the particles do not converge to p(x | y) as
+    N grows; the weighted solvers (``SMC``) do. Kept so that studies can compare the two.
     """
 
     enabled: bool = False
@@ -126,12 +129,7 @@ class SMC:
 
     def __post_init__(self) -> None:
         _check_bool("enabled", self.enabled)
-        _check_number("ess_threshold", self.ess_threshold, 0.0)
-        if not 0 < self.ess_threshold <= 1:
-            raise EnsembleSpecError(
-                f"ess_threshold = {self.ess_threshold} must lie in (0, 1]: resampling "
-                "happens when ESS < ess_threshold x particles"
-            )
+        _check_fraction("ess_threshold", self.ess_threshold, allow_zero=False)
         _check_number("temperature", self.temperature, 0.0)
         _check_int("start", self.start, 0)
         if self.end is not None:
@@ -139,8 +137,30 @@ class SMC:
 
 
 @dataclass(frozen=True)
+class SMC:
+    """Resampling of a weighted solver's particles (sequential Monte Carlo; docs/ensemble.md).
+
+    A weighted solver (TDS, FPS-SMC) reports each move's log incremental importance weight; the
+    ensemble accumulates them per particle and, per problem, resamples systematically when
+    ESS < ``ess_threshold`` N (0: never, plain importance sampling). Ignored by unweighted
+    solvers.
+    """
+
+    ess_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_fraction("ess_threshold", self.ess_threshold, allow_zero=True)
+
+
+@dataclass(frozen=True)
 class EnsembleSettings:
-    """How many particles, where they run, how they interact and which are returned."""
+    """How many particles, where they run, how they interact and which are returned.
+
+    ``selection``: ``all`` (every running particle), ``best`` (the ``select_k`` lowest
+    measurement losses), and for weighted solvers ``weighted`` (the particles resampled by
+    their final weights to ``particles`` equally weighted outputs) or ``heaviest`` (the
+    ``select_k`` largest final weights).
+    """
 
     particles: int = 1
     backend: str = "local"
@@ -153,6 +173,7 @@ class EnsembleSettings:
     dino_model: str | None = None
     repulsion: Repulsion = field(default_factory=Repulsion)
     pruning: Pruning = field(default_factory=Pruning)
+    steering: Steering = field(default_factory=Steering)
     smc: SMC = field(default_factory=SMC)
     selection: str = "all"
     select_k: int = 1
@@ -181,24 +202,47 @@ class EnsembleSettings:
                 "features = 'dino' needs dino_model: a hub id (e.g. 'facebook/dinov2-small') or "
                 "a local directory with a transformers ViT/DINOv2 model"
             )
-        for name, cls in (("repulsion", Repulsion), ("pruning", Pruning), ("smc", SMC)):
+        sections = (
+            ("repulsion", Repulsion),
+            ("pruning", Pruning),
+            ("steering", Steering),
+            ("smc", SMC),
+        )
+        for name, cls in sections:
             if not isinstance(getattr(self, name), cls):
                 raise EnsembleSpecError(f"{name} must be an ensemble.{cls.__name__}")
         self.pruning.check_particles(self.particles)
-        if self.smc.enabled and self.pruning.steps:
+        if self.steering.enabled and self.pruning.steps:
             raise EnsembleSpecError(
-                "use either pruning or smc resampling, not both (pruning.steps is set and "
-                "smc.enabled is true)"
+                "use either pruning or steering, not both (pruning.steps is set and "
+                "steering.enabled is true)"
             )
         _check_choice("selection", self.selection, SELECTIONS)
         _check_int("select_k", self.select_k, 1)
-        if self.selection == "best" and self.select_k > self.particles:
+        if self.selection in ("best", "heaviest") and self.select_k > self.particles:
             raise EnsembleSpecError(
                 f"select_k = {self.select_k} exceeds particles = {self.particles}"
             )
         _check_int("checkpoint_every", self.checkpoint_every, 1)
         _check_int("max_restarts", self.max_restarts, 0)
         _check_bool("progress", self.progress)
+
+    def check_solver(self, num_steps: int, weighted: bool) -> None:
+        """Settings that depend on the solver: pruning steps within its ``num_steps``; weight
+        selections only for weighted solvers; no loss-based pruning or steering on top of a
+        weighted solver's weights (they would bias its importance weights)."""
+        self.pruning.check_steps(num_steps)
+        if not weighted and self.selection in WEIGHT_SELECTIONS:
+            raise EnsembleSpecError(
+                f"selection = {self.selection!r} needs a weighted solver (its particles carry "
+                "importance weights, e.g. tds or fps_smc); use 'all' or 'best'"
+            )
+        if weighted and (self.pruning.steps or self.steering.enabled):
+            raise EnsembleSpecError(
+                "a weighted solver resamples by its own importance weights (ensemble.smc); "
+                "pruning by loss or steering would bias them: remove pruning.steps and "
+                "steering.enabled"
+            )
 
     def replace(self, **changes: Any) -> EnsembleSettings:
         """A copy with some fields changed (validated again)."""
@@ -218,6 +262,17 @@ def _check_int(name: str, value: Any, low: int) -> None:
 def _check_number(name: str, value: Any, low: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= low:
         raise EnsembleSpecError(f"{name} must be a number >= {low:g}, got {value!r}")
+
+
+def _check_fraction(name: str, value: Any, allow_zero: bool) -> None:
+    """An ESS threshold kappa: resampling happens when ESS < kappa x particles."""
+    _check_number(name, value, 0.0)
+    if not (0 <= value <= 1 if allow_zero else 0 < value <= 1):
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise EnsembleSpecError(
+            f"{name} = {value} must lie in {interval}: resampling happens when ESS < "
+            f"{name} x particles"
+        )
 
 
 def _check_bool(name: str, value: Any) -> None:

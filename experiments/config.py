@@ -475,7 +475,7 @@ def _validate_method(config: ExperimentConfig, method: MethodConfig) -> None:
         except ValueError as err:
             raise ConfigError(f"{where}.overrides: {err}") from err
         try:
-            ensemble.pruning.check_steps(solver.num_steps)
+            ensemble.check_solver(solver.num_steps, solver.weighted)
         except ValueError as err:
             raise ConfigError(f"{where}.ensemble.{err}") from err
 

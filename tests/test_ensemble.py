@@ -11,7 +11,7 @@ import torch
 import ensemble
 import operators
 import solvers
-from ensemble import SMC, EnsembleSpec, EnsembleSpecError, OperatorSpec, Pruning, Repulsion
+from ensemble import EnsembleSpec, EnsembleSpecError, OperatorSpec, Pruning, Repulsion, Steering
 from ensemble.features import FeatureMap
 from solvers.priors.gmm import mcgdiff_problem
 from tests.ensemble_specs import flat_spec, gmm_daps_spec
@@ -42,10 +42,10 @@ def test_without_interaction_it_is_the_solvers_own_sample(problem) -> None:
     "interaction",
     [
         {"repulsion": Repulsion(weight=2.0), "features": "pixels"},
-        {"smc": SMC(enabled=True, ess_threshold=0.99)},
+        {"steering": Steering(enabled=True, ess_threshold=0.99)},
         {"pruning": Pruning(steps=(4, 7), keep=(3, 2))},
     ],
-    ids=["repulsion", "smc", "pruning"],
+    ids=["repulsion", "steering", "pruning"],
 )
 def test_any_partition_gives_the_same_samples(problem, interaction: dict[str, Any]) -> None:
     whole = ensemble.run(_spec(problem, **interaction))
@@ -88,11 +88,11 @@ def test_top_k_pruning_keeps_the_lowest_losses(problem) -> None:
     assert torch.isinf(stopped.loss[[i for i in range(6) if i not in alive]]).all()
 
 
-def test_smc_resamples_when_the_ess_drops(problem) -> None:
-    result = ensemble.run(_spec(problem, smc=SMC(enabled=True, ess_threshold=0.99)))
+def test_steering_resamples_when_the_ess_drops(problem) -> None:
+    result = ensemble.run(_spec(problem, steering=Steering(enabled=True, ess_threshold=0.99)))
     assert sum(result.traces["moves"]) > 0
     assert result.origin != list(range(6))
-    never = ensemble.run(_spec(problem, smc=SMC(enabled=True, ess_threshold=1e-9)))
+    never = ensemble.run(_spec(problem, steering=Steering(enabled=True, ess_threshold=1e-9)))
     assert sum(never.traces["moves"]) == 0
     assert torch.equal(never.all_samples, ensemble.run(_spec(problem)).all_samples)
 
@@ -104,8 +104,10 @@ def test_best_selection_takes_the_lowest_measurement_loss(problem) -> None:
 
 
 def test_a_stopped_run_resumes_from_disk_with_the_same_samples(problem, tmp_path: Path) -> None:
-    spec = _spec(problem, checkpoint_every=3, checkpoint_dir=str(tmp_path), smc=SMC(enabled=True))
-    undisturbed = ensemble.run(_spec(problem, smc=SMC(enabled=True)))
+    spec = _spec(
+        problem, checkpoint_every=3, checkpoint_dir=str(tmp_path), steering=Steering(enabled=True)
+    )
+    undisturbed = ensemble.run(_spec(problem, steering=Steering(enabled=True)))
 
     def stop(k: int, _: ensemble.Ensemble) -> None:
         if k == 7:
@@ -193,12 +195,12 @@ def test_operator_specs_rebuild_random_parts() -> None:
         (lambda: {"features": "dino"}, "dino_model"),
         (lambda: {"repulsion": Repulsion(weight=-1.0)}, r"^weight must be a number >= 0"),
         (
-            lambda: {"smc": SMC(enabled=True), "pruning": Pruning(steps=(1,), keep=(2,))},
+            lambda: {"steering": Steering(enabled=True), "pruning": Pruning(steps=(1,), keep=(2,))},
             "not both",
         ),
         (lambda: {"y": torch.tensor([[float("nan")]])}, "finite"),
         (
-            lambda: {"smc": SMC(ess_threshold=1.5)},
+            lambda: {"steering": Steering(ess_threshold=1.5)},
             r"^ess_threshold = 1\.5 must lie in \(0, 1\]",
         ),
         (lambda: {"pruning": Pruning(steps=(4, 2), keep=(2, 1))}, "increasing"),

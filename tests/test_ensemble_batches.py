@@ -10,7 +10,7 @@ import torch
 
 import ensemble
 import operators
-from ensemble import SMC, EnsembleSpecError, OperatorSpec, Pruning, Repulsion
+from ensemble import EnsembleSpecError, OperatorSpec, Pruning, Repulsion, Steering
 from solvers.priors.gmm import default_gmm_prior
 from tests.ensemble_specs import flat_spec
 
@@ -52,7 +52,7 @@ INTERACTIONS = {
     "independent": {},
     "pruning": {"pruning": Pruning(steps=(4,), keep=(2,))},
     "pruning, no refill": {"pruning": Pruning(steps=(4,), keep=(1,), refill=False)},
-    "smc": {"smc": SMC(enabled=True, ess_threshold=0.9)},
+    "steering": {"steering": Steering(enabled=True, ess_threshold=0.9)},
     "repulsion": {"repulsion": Repulsion(weight=2.0), "selection": "best", "select_k": 2},
 }
 
@@ -102,7 +102,7 @@ def test_a_multi_problem_spec_checks_its_shapes() -> None:
 def test_ray_workers_holding_rows_of_several_problems(ray_session) -> None:
     ops, ys = _problems(shared=False)
     operator = tuple(OperatorSpec.of(o) for o in ops)
-    settings = INTERACTIONS["smc"]
+    settings = INTERACTIONS["steering"]
     local = ensemble.run_all(_spec(operator, torch.cat(ys), SEEDS, **settings))
     # 12 rows over 3 workers of 5, 4 and 3 rows: each worker holds rows of two problems
     spec = _spec(

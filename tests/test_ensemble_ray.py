@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ensemble
-from ensemble import SMC, EnsembleSpec, Repulsion
+from ensemble import EnsembleSpec, Repulsion, Steering
 from solvers.priors.gmm import mcgdiff_problem
 from tests.ensemble_specs import gmm_daps_spec
 
@@ -16,7 +16,10 @@ pytestmark = pytest.mark.ray
 
 
 def _spec(**changes: Any) -> EnsembleSpec:
-    interaction = {"repulsion": Repulsion(weight=2.0), "smc": SMC(enabled=True, ess_threshold=0.9)}
+    interaction = {
+        "repulsion": Repulsion(weight=2.0),
+        "steering": Steering(enabled=True, ess_threshold=0.9),
+    }
     return gmm_daps_spec(mcgdiff_problem(8, 1, 0), **{**interaction, **changes})
 
 

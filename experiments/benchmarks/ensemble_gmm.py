@@ -1,23 +1,23 @@
-"""Ensemble benchmark: do repulsion or SMC resampling beat N independent chains?
+"""Ensemble benchmark: do repulsion or loss-potential steering beat N independent chains?
 
 Run: ``python -m experiments.benchmarks.ensemble_gmm`` (``--help`` for options).
 
-1. GMM benchmark (docs/gmm_benchmark.md, scored by experiments/gmm_protocol.py) with d_y = 1, on
-   the first ``--instances`` instances whose exact posterior has at least two components of
-   weight >= 5% (strongly multimodal). DAPS with its tuned preset ``gmm/pixel_hmc`` (annealing
-   steps cut to ``--steps`` for a CPU run) runs ``--ensembles`` ensembles per instance and
-   variant; each ensemble interacts only within itself. Variants: independent chains, which is
-   what the default ``Repulsion()`` (weight 0) and ``SMC()`` (disabled) give; RBF repulsion on
-   the particles' clean estimates (``features="pixels"``: for the GMM the vector itself) at
-   several weights and noise windows; SMC resampling. Every variant runs the same particles,
-   steps and seeds (equal NFE, common random numbers). Metrics: sliced Wasserstein-1 (SW) of the
-   pooled particles to as many exact posterior draws; per ensemble, the mode coverage (posterior
-   mass of the components that received at least one particle), the components of weight > 1%
-   hit, and the total variation (TV) between the particles' shares per component and the
-   posterior weights. A particle belongs to the nearest posterior component mean in the
-   Mahalanobis metric of the components' shared covariance. Two tables: ``--particles`` (100)
-   per ensemble, and ``--small-particles`` (8), where coverage is not saturated. The row "exact
-   posterior draws" is what a perfect sampler scores on the same protocol.
+1. GMM benchmark (docs/gmm_benchmark.md, scored by experiments/gmm_protocol.py) with d_y = 1, on the
+   first ``--instances`` instances whose exact posterior has at least two components of weight >= 5%
+   (strongly multimodal). DAPS with its tuned preset ``gmm/pixel_hmc`` (annealing steps cut to
+   ``--steps`` for a CPU run) runs ``--ensembles`` ensembles per instance and variant; each ensemble
+   interacts only within itself. Variants: independent chains, which is what the default
+   ``Repulsion()`` (weight 0) and ``Steering()`` (disabled) give; RBF repulsion on the particles'
+   clean estimates (``features="pixels"``: for the GMM the vector itself) at several weights and
+   noise windows; heuristic Feynman-Kac steering. Every variant runs the same particles, steps and
+   seeds (equal NFE, common random numbers). Metrics: sliced Wasserstein-1 (SW) of the pooled
+   particles to as many exact posterior draws; per ensemble, the mode coverage (posterior mass of
+   the components that received at least one particle), the components of weight > 1% hit, and the
+   total variation (TV) between the particles' shares per component and the posterior weights. A
+   particle belongs to the nearest posterior component mean in the Mahalanobis metric of the
+   components' shared covariance. Two tables: ``--particles`` (100) per ensemble, and
+   ``--small-particles`` (8), where coverage is not saturated. The row "exact posterior draws" is
+   what a perfect sampler scores on the same protocol.
 2. Phase retrieval (``--images`` digits of the test split, shipped pixel prior "digits",
    sigma_y 0.05, oversampling 2): one ensemble of 4 independent DAPS chains per image. Share of
    images where a single chain and where the best-by-measurement-loss particle of the 4 land on
@@ -38,7 +38,14 @@ from dataclasses import dataclass, field
 import torch
 
 import ensemble
-from ensemble import SMC, EnsembleResult, EnsembleSettings, EnsembleSpec, OperatorSpec, Repulsion
+from ensemble import (
+    EnsembleResult,
+    EnsembleSettings,
+    EnsembleSpec,
+    OperatorSpec,
+    Repulsion,
+    Steering,
+)
 from experiments.gmm_protocol import ExactInstance
 from experiments.mean_std import format_mean_std, sample_mean_std
 from solvers import SolverSpec
@@ -48,7 +55,7 @@ GMM_PRESET = "gmm/pixel_hmc"
 SIGNIFICANT_WEIGHT = 0.01  # components above this posterior weight count as modes
 MULTIMODAL_WEIGHT = 0.05  # an instance is used when 2+ components carry at least this weight
 EXACT = "exact posterior draws"
-INDEPENDENT = "independent chains (= default Repulsion(), SMC())"
+INDEPENDENT = "independent chains (= default Repulsion(), Steering())"
 PR_PRESET = "pixel_hmc/phase_retrieval"
 # CPU-sized DAPS for 32x32 digits (the preset runs 200 steps of 62 HMC iterations); the
 # shipped pixel priors stop at sigma = 20.
@@ -59,27 +66,27 @@ PR_SIGMA_Y = 0.05
 
 @dataclass(frozen=True)
 class Variant:
-    """One interaction setting of the ensemble (``Repulsion()`` / ``SMC()`` defaults: off)."""
+    """One interaction setting of the ensemble (``Repulsion()`` / ``Steering()`` defaults: off)."""
 
     label: str
     repulsion: Repulsion = field(default_factory=Repulsion)
-    smc: SMC = field(default_factory=SMC)
+    steering: Steering = field(default_factory=Steering)
 
 
 def main_variants() -> list[Variant]:
     """Variants at N = 100: a weight sweep (the push sums over particles, so it grows with N),
-    an early-only window, and SMC at the default and at a near-1 ESS threshold."""
+    an early-only window, and steering at the default and at a near-1 ESS threshold."""
     return [
         Variant(INDEPENDENT),
         Variant("repulsion w=0.01", Repulsion(weight=0.01)),
         Variant("repulsion w=0.1", Repulsion(weight=0.1)),
         Variant("repulsion w=1", Repulsion(weight=1.0)),
         Variant("repulsion w=1, sigma >= 1 only", Repulsion(weight=1.0, sigma_min=1.0)),
-        Variant("SMC ess 0.5 (default threshold)", smc=SMC(enabled=True)),
-        Variant("SMC ess 0.99", smc=SMC(enabled=True, ess_threshold=0.99)),
+        Variant("steering ess 0.5 (default threshold)", steering=Steering(enabled=True)),
+        Variant("steering ess 0.99", steering=Steering(enabled=True, ess_threshold=0.99)),
         Variant(
-            "SMC ess 0.99, temperature 3",
-            smc=SMC(enabled=True, ess_threshold=0.99, temperature=3.0),
+            "steering ess 0.99, temperature 3",
+            steering=Steering(enabled=True, ess_threshold=0.99, temperature=3.0),
         ),
     ]
 
@@ -92,8 +99,8 @@ def small_variants() -> list[Variant]:
         Variant("repulsion w=3", Repulsion(weight=3.0)),
         Variant("repulsion w=3, svgd", Repulsion(weight=3.0, svgd=True)),
         Variant(
-            "SMC ess 0.99, temperature 3",
-            smc=SMC(enabled=True, ess_threshold=0.99, temperature=3.0),
+            "steering ess 0.99, temperature 3",
+            steering=Steering(enabled=True, ess_threshold=0.99, temperature=3.0),
         ),
     ]
 
@@ -155,7 +162,7 @@ def run_ensembles(
             progress=False,
             features="pixels",
             repulsion=variant.repulsion,
-            smc=variant.smc,
+            steering=variant.steering,
         ),
     )
     return [ensemble.run(spec.replace(seed=s)) for s in seeds]
