@@ -70,8 +70,9 @@ class ParticleGroup:
             self.prior, self.operator, y.to(spec.device), seed=seed, indices=indices
         )
 
-    def observe(self, k: int, repulsion: Repulsion) -> dict[str, Any]:
-        """Losses, status and noise level before step ``k``; features where repulsion acts.
+    def observe(self, k: int, repulsion: Repulsion, lookahead: bool = False) -> dict[str, Any]:
+        """Losses, status and noise level before step ``k``; features where repulsion acts;
+        with ``lookahead`` also the loss of each particle's denoised estimate.
 
         The noise level is that of the current state (after step k - 1; the first step's level
         before step 0).
@@ -87,6 +88,7 @@ class ParticleGroup:
             "nfe": self.nfe(),
             "features": None,
             "log_weight": self.log_weights(),
+            "lookahead_loss": self.solver.lookahead_loss(state, k) if lookahead else None,
         }
         self._graph = None
         if repulsion.active(sigma):

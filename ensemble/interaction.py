@@ -98,3 +98,17 @@ def systematic_resample(log_weights: torch.Tensor, u: float) -> torch.Tensor:
     cumulative = torch.cumsum(w, 0)
     cumulative[-1] = 1.0  # guard against rounding below the last position
     return torch.searchsorted(cumulative, positions, right=True).clamp(max=n - 1)
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties, inf ranked last); NaN when either
+    side is constant (no ranking to compare)."""
+    import numpy
+    from scipy.stats import rankdata
+
+    ranks = torch.from_numpy(numpy.stack([rankdata(a), rankdata(b)])).to(torch.float64)
+    centred = ranks - ranks.mean(1, keepdim=True)
+    norms = centred.norm(dim=1)
+    if bool((norms == 0).any()):
+        return float("nan")
+    return float((centred[0] @ centred[1]) / (norms[0] * norms[1]))

@@ -32,6 +32,7 @@ from ensemble.interaction import (
     place_copies,
     rbf_repulsion,
     smc_log_potential,
+    spearman,
     systematic_resample,
     top_k_ancestors,
 )
@@ -179,13 +180,16 @@ class Ensemble:
 
     def _step(self, driver: DriverState) -> None:
         k, backend = driver.step, self._backend()
-        repulsion = self.settings.repulsion
-        observed = backend.call("observe", [(k, repulsion)] * len(backend.partition))
+        repulsion, pruning = self.settings.repulsion, self.settings.pruning
+        ranks_ahead = pruning.rank_by == "lookahead" and k in pruning.steps
+        lookahead = pruning.diagnostics or ranks_ahead
+        observed = backend.call("observe", [(k, repulsion, lookahead)] * len(backend.partition))
         loss = torch.cat([o["loss"] for o in observed])
+        ahead = _cat_or_none([o["lookahead_loss"] for o in observed])
+        ranking = ahead if ranks_ahead and ahead is not None else loss
         status = torch.cat([o["status"] for o in observed])
         sigma = float(observed[0]["sigma"])
         sigma_y = float(observed[0]["sigma_y"])
-        pruning = self.settings.pruning
         ancestors = torch.arange(self.spec.rows)
         changed, stopped = False, torch.zeros(self.spec.rows, dtype=torch.bool)
         increments = _cat_or_none([o["log_weight"] for o in observed])
@@ -193,7 +197,7 @@ class Ensemble:
             if increments is not None:
                 chosen = self._reweight(driver, p, k, increments[block])
             else:
-                chosen = self._select(driver, p, k, loss[block], status[block], sigma_y, sigma)
+                chosen = self._select(driver, p, k, ranking[block], status[block], sigma_y, sigma)
             if isinstance(chosen, tuple):  # pruning without refill: the losers stop
                 stopped[block] = chosen[1]
             elif chosen is not None:
@@ -208,7 +212,7 @@ class Ensemble:
             moved = self._move(ancestors, k)
             driver.origin = driver.origin[ancestors]
             if sum(moved) and observed[0]["features"] is not None:
-                observed = backend.call("observe", [(k, repulsion)] * len(observed))
+                observed = backend.call("observe", [(k, repulsion, False)] * len(observed))
                 status = torch.cat([o["status"] for o in observed])
         pushes = self._pushes(observed, status)
         spent = backend.call("step", [(k, push, repulsion.weight) for push in pushes])
@@ -227,6 +231,10 @@ class Ensemble:
             weights = None if driver.log_weights is None else driver.log_weights[block]
             traces["ess"].append(_ess_or_none(weights))
             traces["moves"].append(moved[p])
+            if pruning.diagnostics:
+                assert ahead is not None
+                traces.setdefault("particle_loss", []).append(problem_loss.tolist())
+                traces.setdefault("particle_lookahead_loss", []).append(ahead[block].tolist())
 
     # -- interaction -----------------------------------------------------------------------------
     def _select(
@@ -451,6 +459,8 @@ class Ensemble:
         results = []
         for p, block in enumerate(self._blocks()):
             loss, status = losses[block], statuses[block]
+            if self.settings.pruning.diagnostics:
+                _add_rank_correlations(driver.traces[p], loss)
             weights = None if final_weights is None else _normalised(final_weights[block])
             selected = self._selected(p, loss, status, weights)
             results.append(
@@ -496,6 +506,15 @@ class Ensemble:
     def _backend(self) -> LocalBackend | RayBackend:
         assert self.backend is not None, "the ensemble is not running"
         return self.backend
+
+
+def _add_rank_correlations(traces: dict[str, list[Any]], final_loss: torch.Tensor) -> None:
+    """Per step, the Spearman rank correlation between the particles' losses then (of the
+    current estimate, and of the denoised lookahead estimate) and their final loss. Slots are
+    compared, so the figures describe runs without copies (no pruning or resampling)."""
+    for kind in ("estimate", "lookahead"):
+        key = "particle_loss" if kind == "estimate" else "particle_lookahead_loss"
+        traces[f"rank_corr_{kind}"] = [spearman(then, final_loss.tolist()) for then in traces[key]]
 
 
 def _uniform(seed: int, k: int) -> float:

@@ -19,6 +19,7 @@ from typing import Any
 
 BACKENDS = ("local", "ray")
 FEATURES = ("pixels", "latent", "dino")
+RANKINGS = ("estimate", "lookahead")
 WEIGHT_SELECTIONS = ("weighted", "heaviest")
 SELECTIONS = ("all", "best", *WEIGHT_SELECTIONS)
 
@@ -62,12 +63,19 @@ class Pruning:
     """Top-k by measurement loss before the given steps (e.g. 4 -> 2 at step 29 of 50).
 
     ``refill``: freed slots receive copies of the survivors (with fresh random streams), so the
-    particle count stays N; otherwise pruned particles stop.
+    particle count stays N; otherwise pruned particles stop. ``rank_by``: ``estimate`` ranks by
+    the loss of the solver's current clean estimate (state.x0), ``lookahead`` by the loss of
+    the denoised estimate x0_hat of the current state (one extra denoiser call per particle at
+    each pruning step). ``diagnostics``: record both losses of every particle at every step
+    (the lookahead one costs a denoiser call per particle and step) and their Spearman rank
+    correlation with the final loss (traces ``rank_corr_estimate``, ``rank_corr_lookahead``).
     """
 
     steps: tuple[int, ...] = ()
     keep: tuple[int, ...] = ()
     refill: bool = True
+    rank_by: str = "estimate"
+    diagnostics: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "keep"):
@@ -78,6 +86,8 @@ class Pruning:
                 raise EnsembleSpecError(f"{name} must be a list of integers, got {value!r}")
             object.__setattr__(self, name, tuple(value))
         _check_bool("refill", self.refill)
+        _check_choice("rank_by", self.rank_by, RANKINGS)
+        _check_bool("diagnostics", self.diagnostics)
         if len(self.steps) != len(self.keep):
             raise EnsembleSpecError(
                 f"steps {list(self.steps)} and keep {list(self.keep)} must have "

@@ -263,6 +263,9 @@ class Solver:
         self.preset_info: Preset | None = None  # set by ``build``; checked against the problem
         self.prior: Prior | None = None
         self.operator: Operator | None = None
+        # the per-row run seeds of the latest ``init``, set before ``_init`` (a solver that needs
+        # them later, e.g. for randomness shared by a problem's rows, keeps them in state.extra)
+        self.row_seeds: list[int] = []
 
     # -- the contract ---------------------------------------------------------------------------
     @property
@@ -305,7 +308,7 @@ class Solver:
             )
         if operator.row_count is not None and y.shape[0] == 1:
             y = y.expand(rows, *y.shape[1:]).clone()  # the rows' operators need a y per row
-        self.prior, self.operator = prior, operator
+        self.prior, self.operator, self.row_seeds = prior, operator, seeds
         state = self._init(particle_generators(seeds, indices), indices, y)
         state.operator = operator
         return state
@@ -429,6 +432,32 @@ class Solver:
         value = state.extra[LOG_WEIGHT].detach().to("cpu", torch.float64)
         value = torch.nan_to_num(value, nan=float("-inf"), posinf=float("-inf"))
         return torch.where(state.active.cpu(), value, torch.full_like(value, float("-inf")))
+
+    def lookahead_loss(self, state: State, k: int) -> torch.Tensor:
+        """||A(x0_hat) - y||^2 per particle of the denoised estimate x0_hat of the state before
+        step ``k`` (one extra denoiser call per running particle; inf for stopped ones): the
+        lookahead ranking that pruning can use instead of the current estimate's loss."""
+        operator = state.operator if state.operator is not None else self.operator
+        assert operator is not None and state.y is not None
+        loss = torch.full((state.n,), float("inf"), dtype=torch.float64)
+        rows = state.active.cpu().nonzero().flatten()
+        if rows.numel() == 0:
+            return loss
+        at = rows.to(state.x.device)
+        with torch.no_grad():
+            image = self.denoised(state.x[at], k)
+            values = operator.take_rows(rows).loss(image, measurement_rows(state.y, at))
+        loss[rows] = values.detach().to("cpu", torch.float64)
+        return torch.nan_to_num(loss, nan=float("inf"), posinf=float("inf"))
+
+    def denoised(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The denoised estimate E[x0 | x] in image space of states ``x`` before step ``k``.
+
+        Solvers that run a diffusion chain implement it; the others cannot rank by lookahead.
+        """
+        raise SolverInputError(
+            f"{self.name} has no denoised estimate of its state; rank pruning by 'estimate'"
+        )
 
     # -- helpers shared by solvers ----------------------------------------------------------------
     def noise_level(self, k: int) -> float:

@@ -420,6 +420,12 @@ class DAPS(Solver):
         """A hook between the MCMC and the renoising (DAPSOpt); DAPS keeps x0_y."""
         return x0y, torch.zeros(x0y.shape[0], dtype=torch.bool, device=x0y.device)
 
+    def denoised(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """x0_hat of annealing step ``k`` (the ODE solve from sigma_k), in image space."""
+        prior, _ = self._problem()
+        x0hat = self._ode(x, self.sigmas[k])
+        return prior.decode(x0hat) if prior.is_latent else x0hat
+
     def _ode(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         prior, _ = self._problem()
         end = max(self.config.ode_end_sigma, prior.sigma_min)

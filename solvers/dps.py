@@ -62,6 +62,7 @@ from solvers.base import (
 )
 from solvers.config import Order, choice, hyper
 from solvers.preset import Preset
+from solvers.priors.base import Prior
 from solvers.registry import register
 from solvers.schedules import (
     BETA_SCHEDULES,
@@ -130,6 +131,21 @@ def ddpm_sigmas(config: DPSConfig) -> list[float]:
     )
     sigmas = vp_sigmas(abar[respace(config.train_steps, config.num_steps)]).flip(0)
     return [*sigmas.tolist(), 0.0]
+
+
+def prior_sigmas(config: DPSConfig, prior: Prior) -> list[float]:
+    """``ddpm_sigmas`` with the positive levels clamped into the prior's [sigma_min, sigma_max]."""
+    lo, hi = prior.sigma_min, prior.sigma_max
+    return [min(max(s, lo), hi) for s in ddpm_sigmas(config)[:-1]] + [0.0]
+
+
+def check_image_shape(name: str, image: torch.Tensor, operator: Operator) -> None:
+    """Refuse a prior whose images (a batch ``image``) do not fit the operator's input."""
+    if tuple(image.shape[1:]) != operator.input_shape:
+        raise SolverInputError(
+            f"{name}: the prior's images have shape {tuple(image.shape[1:])} but "
+            f"{operator.name} acts on {operator.input_shape}"
+        )
 
 
 # Presets. Sources: the DPS reference code's task configs (DPS2022/diffusion-posterior-sampling,
@@ -207,6 +223,11 @@ class DPS(Solver):
         """sigma_{k+1}, the noise level of x after step ``k``."""
         return self.sigmas[k + 1]
 
+    def denoised(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """x0_hat = D(x_k, sigma_k) in image space (decoded for Latent-DPS)."""
+        assert self.prior is not None
+        return self._image(self.prior.denoise(x, self.sigmas[k]))
+
     def _image(self, x: torch.Tensor) -> torch.Tensor:
         """Sampling space -> image space (the decoder for Latent-DPS)."""
         assert self.prior is not None
@@ -221,14 +242,8 @@ class DPS(Solver):
         zeros = torch.zeros(len(indices), *prior.shape, dtype=dtype, device=device)
         with torch.no_grad():
             x0 = self._image(zeros)
-        if tuple(x0.shape[1:]) != operator.input_shape:
-            raise SolverInputError(
-                f"{self.name}: the prior's images have shape {tuple(x0.shape[1:])} but "
-                f"{operator.name} acts on {operator.input_shape}"
-            )
-        levels = ddpm_sigmas(self.config)
-        lo, hi = prior.sigma_min, prior.sigma_max
-        self.sigmas = [min(max(s, lo), hi) for s in levels[:-1]] + [0.0]
+        check_image_shape(self.name, x0, operator)
+        self.sigmas = prior_sigmas(self.config, prior)
         x = math.sqrt(1.0 + self.sigmas[0] ** 2) * particle_randn(generators, zeros)
         return State(
             x=x,

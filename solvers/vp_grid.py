@@ -142,6 +142,15 @@ class VPGridSolver(Solver):
     def num_steps(self) -> int:
         return self.config.steps
 
+    def denoised(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Tweedie's estimate D(x_t / sqrt(ab_t), sigma_t) of the VP state before step ``k``
+        (level steps - k), in image space (decoded for latent priors)."""
+        prior = self.prior
+        assert prior is not None
+        ab = float(self.levels[self.config.steps - k])
+        x0hat = prior.denoise(x / math.sqrt(ab), level_sigma(prior, ab))
+        return prior.decode(x0hat) if prior.is_latent else x0hat
+
     def noise_level(self, k: int) -> float:
         ab = float(self.levels[self.config.steps - 1 - k])
         return math.sqrt(max(1.0 - ab, 0.0) / ab)

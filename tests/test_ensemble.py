@@ -265,3 +265,44 @@ def test_row_moves_index_each_tensor_on_its_own_device() -> None:
         moved[[0, 2]], torch.tensor([[9.0, 9.0], [7.0, 7.0]])
     )
     assert torch.equal(x[0], torch.tensor([0.0, 1.0]))  # the original is left as it was
+
+
+def _lookahead_before(problem, step: int, n: int = 6) -> torch.Tensor:
+    """Independent: the loss of x0_hat = the DAPS ODE solve from sigma_step of the state."""
+    solver = solvers.build("daps", "gmm/pixel_hmc", **OVERRIDES)
+    state = solver.init(problem.prior, problem.operator, problem.y, n, 3)
+    for k in range(step):
+        state = solver.step(state, k)
+    x0hat = solver._ode(state.x, solver.sigmas[step])
+    return problem.operator.loss(x0hat, problem.y).double()
+
+
+def test_lookahead_pruning_keeps_the_lowest_denoised_losses(problem) -> None:
+    ahead = _lookahead_before(problem, 5)
+    best_two = set(torch.argsort(ahead)[:2].tolist())
+    assert best_two != set(torch.argsort(_losses_before(problem, 5))[:2].tolist())
+    pruned = ensemble.run(
+        _spec(problem, pruning=Pruning(steps=(5,), keep=(2,), rank_by="lookahead"))
+    )
+    assert set(pruned.origin) == best_two
+
+
+def test_rank_diagnostics_record_both_losses_without_changing_the_samples(problem) -> None:
+    from scipy.stats import spearmanr
+
+    plain = ensemble.run(_spec(problem))
+    watched = ensemble.run(_spec(problem, pruning=Pruning(diagnostics=True)))
+    assert torch.equal(watched.all_samples, plain.all_samples)
+    traces = watched.traces
+    torch.testing.assert_close(
+        torch.tensor(traces["particle_loss"][5], dtype=torch.float64),
+        _losses_before(problem, 5).double(),
+    )
+    torch.testing.assert_close(
+        torch.tensor(traces["particle_lookahead_loss"][5], dtype=torch.float64),
+        _lookahead_before(problem, 5),
+    )
+    for kind, key in (("estimate", "particle_loss"), ("lookahead", "particle_lookahead_loss")):
+        expected = spearmanr(traces[key][7], watched.loss.tolist()).statistic
+        assert traces[f"rank_corr_{kind}"][7] == pytest.approx(expected, abs=1e-12)
+    assert watched.nfe > plain.nfe  # the lookahead calls are counted

@@ -101,3 +101,15 @@ def test_effective_sample_size_and_potentials() -> None:
     assert effective_sample_size(w.log()) == pytest.approx(1 / float((w**2).sum()))
     phi = smc_log_potential(torch.tensor([2.0, 8.0]), sigma_y=0.1, noise_level=1.0, temperature=0.5)
     torch.testing.assert_close(phi, torch.tensor([-0.5, -2.0], dtype=torch.float64) / 1.01)
+
+
+def test_spearman_matches_scipy_with_ties_and_is_nan_for_constant_input() -> None:
+    from scipy.stats import spearmanr
+
+    from ensemble.interaction import spearman
+
+    a = [3.0, 1.0, 2.0, 2.0, float("inf"), 0.5]
+    b = [1.0, 4.0, 2.0, 3.0, 9.0, 2.0]
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    assert spearman(b, b) == pytest.approx(1.0)
+    assert math.isnan(spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
