@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "search": "experiments.benchmarks.search",
     "image_batches": "experiments.benchmarks.image_batches",
     "cluster_scaling": "experiments.benchmarks.cluster_scaling",
+    "lookahead": "experiments.benchmarks.lookahead",
 }
 
 
