@@ -15,13 +15,20 @@ process in which instances run. The GMM benchmark, the ensemble GMM benchmark an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import torch
 
-from experiments.metrics import sliced_wasserstein
+from experiments.metrics import (
+    COVERAGE_LEVELS,
+    central_intervals,
+    coverage_name,
+    interval_hits,
+    sliced_wasserstein,
+)
 from solvers.priors.gmm import GaussianMixturePosterior, GMMProblem, mcgdiff_problem
 
 # The independent random streams of one instance.
@@ -33,6 +40,39 @@ def stream_seed(seed: int, key: int, stream: int) -> int:
     """A 63-bit seed for random stream ``stream`` of instance ``key`` in a run seeded ``seed``."""
     state = np.random.SeedSequence([seed, key, stream]).generate_state(1, np.uint64)
     return int(state[0]) >> 1
+
+
+def exact_coverage(
+    samples: torch.Tensor,
+    log_weights: torch.Tensor | None,
+    posterior_samples: torch.Tensor,
+    levels: Sequence[float] = COVERAGE_LEVELS,
+) -> dict[str, float]:
+    """Calibration of a sampler's draws against the exact posterior.
+
+    ``samples`` (N, d), N >= 2: the sampler's draws for one instance, with their ``log_weights``
+    (N,) (any additive constant; None for equal weights). ``posterior_samples`` (M, d): exact
+    posterior draws (``ExactInstance.reference``), each playing the ground truth. Returns
+    ``coverage_<100 l>`` per level l: the share of (draw, coordinate) pairs inside the
+    per-coordinate central interval of the weighted samples (``experiments.metrics``:
+    ``central_intervals``, the same intervals as the image rows' ``coverage``). For draws from
+    the exact posterior the expected value is about l (N - 1) / (N + 1) with N independent
+    equally weighted samples (l at large N); too narrow a cloud scores below l, too wide a one
+    above.
+    """
+    if samples.dim() != 2 or samples.shape[0] < 2:
+        raise ValueError(
+            f"exact_coverage: samples must have shape (N, d) with N >= 2, got "
+            f"{tuple(samples.shape)}"
+        )
+    if posterior_samples.dim() != 2 or posterior_samples.shape[1] != samples.shape[1]:
+        raise ValueError(
+            f"exact_coverage: posterior_samples must have shape (M, {samples.shape[1]}), got "
+            f"{tuple(posterior_samples.shape)}"
+        )
+    lower, upper = central_intervals(samples, log_weights, levels)
+    hits = interval_hits(lower, upper, posterior_samples.to(lower.device, torch.float64))
+    return {coverage_name(float(level)): float(h) for level, h in zip(levels, hits, strict=True)}
 
 
 def image_posterior(problem: GMMProblem) -> GaussianMixturePosterior:

@@ -20,6 +20,7 @@ import functools
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -40,6 +41,11 @@ SSIM_K2 = 0.03
 LPIPS_MIN_SIZE = {"alex": 31, "vgg": 16, "squeeze": 17}
 # Seed of the random LPIPS backbone, so that test numbers are reproducible.
 LPIPS_RANDOM_SEED = 0
+# The levels of the central credible intervals whose coverage of the truth ``dipswarm run``
+# records per image (columns ``COVERAGE_COLUMNS``).
+COVERAGE_LEVELS = (0.5, 0.9)
+# Entries of the quantile sort per chunk of pixels in ``weighted_quantiles`` (float64: 128 MiB).
+QUANTILE_CHUNK = 2**24
 
 
 def psnr(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -174,7 +180,12 @@ def ensemble_metrics(
 ) -> dict[str, float | str]:
     """The row metrics of one image of ``dipswarm run`` and of image studies: ``image_metrics``
     of the selected samples (LPIPS as ``settings`` asks, ``lpips_backbone`` naming the network
-    that scored it, "" for none) and the spread of the particles that finished."""
+    that scored it, "" for none), the spread of the particles that finished and, with at least
+    two of them, their calibration: ``coverage`` of the truth in [0, 1] units by the central
+    intervals of every finished particle (whatever the selection), weighted by the result's
+    final ``log_weights`` where it has them (weighted samplers); then ``posterior_std`` is the
+    weighted std. With fewer than two finished particles the ``COVERAGE_COLUMNS`` are left
+    out."""
     lpips_net = settings.lpips_net if settings.lpips else None
     chosen = result.samples.float().to(truth.device)  # results come back on the CPU
     random_backbone = settings.lpips_random_backbone
@@ -184,7 +195,183 @@ def ensemble_metrics(
     scored = lpips_net is not None and not math.isnan(float(out["lpips"]))
     out["lpips_backbone"] = lpips_label(settings.lpips_net, random_backbone) if scored else ""
     alive = [i for i, status in enumerate(result.status) if status == "ok"]
-    return {**out, **particle_spread(result.all_samples[alive])}
+    particles = result.all_samples[alive]
+    out.update(particle_spread(particles))
+    if len(alive) >= 2:
+        log_weights = None if result.log_weights is None else result.log_weights[alive]
+        unit_particles = _unit(particles.to(truth.device))
+        out.update(coverage(unit_particles, log_weights, _unit(truth[0]), COVERAGE_LEVELS))
+    return out
+
+
+def coverage_name(level: float) -> str:
+    """The column of a credible level: ``coverage_50`` for 0.5, ``coverage_97.5`` for 0.975."""
+    return f"coverage_{100 * level:g}"
+
+
+COVERAGE_COLUMNS = tuple(coverage_name(level) for level in COVERAGE_LEVELS)
+
+
+def normalised_weights(log_weights: torch.Tensor | None, n: int) -> torch.Tensor:
+    """Self-normalised weights (float64, CPU) of ``n`` samples from their log-weights (any
+    additive constant); equal weights for None. -inf gives weight 0; NaN, +inf or no finite
+    entry raise ValueError."""
+    if log_weights is None:
+        return torch.full((n,), 1.0 / n, dtype=torch.float64)
+    lw = torch.as_tensor(log_weights).detach().to("cpu", torch.float64)
+    if lw.shape != (n,):
+        raise ValueError(f"log_weights must have shape ({n},), got {tuple(lw.shape)}")
+    if torch.isnan(lw).any() or (lw == math.inf).any() or not torch.isfinite(lw).any():
+        raise ValueError(
+            "log_weights must be finite or -inf with at least one finite entry, got "
+            f"{lw.tolist() if n <= 8 else 'NaN, +inf or all -inf entries'}"
+        )
+    return torch.softmax(lw, dim=0)
+
+
+def weighted_quantiles(
+    samples: torch.Tensor,
+    log_weights: torch.Tensor | None,
+    q: float | Sequence[float] | torch.Tensor,
+) -> torch.Tensor:
+    """Pixel-wise (per coordinate) quantiles of a weighted empirical distribution.
+
+    ``samples`` (N, ...) are N draws, ``log_weights`` (N,) their log-weights, self-normalised
+    here (equal weights for None). Each coordinate's draws are sorted, x_0 <= ... <= x_{N-1},
+    with normalised weights w_k (zero-weight draws dropped) and cumulative weights C_k; draw k
+    sits at the rescaled midpoint position p_k = (C_k - w_k / 2 - w_0 / 2) / (1 - w_0 / 2 -
+    w_{N-1} / 2), so p_0 = 0 and p_{N-1} = 1, and the q-quantile interpolates linearly between
+    the draws whose positions bracket q. For equal weights p_k = k / (N - 1): exactly the
+    default ('linear') ``torch.quantile``. The definition is symmetric (the q-quantile of -x
+    is minus the (1 - q)-quantile of x) but, unlike the inverse CDF, a draw of weight 2/N is
+    not the same as two draws of weight 1/N. One draw of positive weight gives its value.
+
+    Returns float64 like ``torch.quantile(samples, q, dim=0)``: shape ``samples.shape[1:]``
+    for a number ``q``, ``(len(q), *samples.shape[1:])`` for a sequence.
+    """
+    if not isinstance(samples, torch.Tensor) or samples.dim() < 1 or samples.shape[0] == 0:
+        raise ValueError("weighted_quantiles: samples must be a tensor (N, ...) with N >= 1")
+    if not torch.isfinite(samples).all():
+        raise ValueError("weighted_quantiles: samples have non-finite values (nan or inf)")
+    levels = torch.as_tensor(q, dtype=torch.float64)
+    if levels.dim() > 1 or ((levels < 0) | (levels > 1)).any():
+        raise ValueError(f"weighted_quantiles: q must be a number or 1-D in [0, 1], got {q}")
+    weights = normalised_weights(log_weights, samples.shape[0])
+    kept = weights > 0
+    x = samples[kept.to(samples.device)].detach().to(torch.float64)
+    x = x.reshape(len(x), -1)
+    w = (weights[kept] / weights[kept].sum()).to(x.device)
+    wanted = levels.reshape(-1).to(x.device)
+    if len(w) == 1:
+        out = x[0].expand(len(wanted), -1)
+    else:
+        chunk = max(1, QUANTILE_CHUNK // len(w))
+        out = torch.cat(
+            [_interpolated(x[:, i : i + chunk], w, wanted) for i in range(0, x.shape[1], chunk)],
+            dim=1,
+        )
+    out = out.reshape(len(wanted), *samples.shape[1:])
+    return out[0] if levels.dim() == 0 else out
+
+
+def _interpolated(x: torch.Tensor, w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``weighted_quantiles`` of the columns of ``x`` (N, P), weights ``w`` (N,) > 0 summing
+    to 1, N >= 2, at the levels ``q`` (Q,): (Q, P)."""
+    values, order = x.sort(dim=0)
+    ws = w[order]
+    first, last = ws[0], ws[-1]
+    positions = (ws.cumsum(dim=0) - ws / 2 - first / 2) / (1 - first / 2 - last / 2)
+    positions = positions.T.contiguous()  # (P, N): searchsorted wants the sorted axis last
+    targets = q.expand(positions.shape[0], -1).contiguous()  # (P, Q)
+    lower = (torch.searchsorted(positions, targets, right=True) - 1).clamp(0, len(w) - 2)
+    p_lower, p_upper = positions.gather(1, lower), positions.gather(1, lower + 1)
+    gap = p_upper - p_lower  # > 0 in exact arithmetic; rounding can make it 0
+    fraction = torch.where(gap > 0, (targets - p_lower) / gap, 0.0).clamp(0, 1)
+    v_lower, v_upper = values.T.gather(1, lower), values.T.gather(1, lower + 1)
+    return (v_lower + fraction * (v_upper - v_lower)).T
+
+
+def central_intervals(
+    samples: torch.Tensor, log_weights: torch.Tensor | None, levels: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-coordinate central credible intervals [q_{(1-l)/2}, q_{(1+l)/2}] of the weighted
+    draws ``samples`` (N, ...) for each level l in (0, 1) (``weighted_quantiles``): lower and
+    upper bounds, each ``(len(levels), *samples.shape[1:])``."""
+    bounds = torch.as_tensor(levels, dtype=torch.float64).reshape(-1)
+    if len(bounds) == 0 or ((bounds <= 0) | (bounds >= 1)).any():
+        raise ValueError(f"coverage: levels must lie in (0, 1), got {levels}")
+    names = [coverage_name(float(level)) for level in bounds]
+    if len(set(names)) < len(names):
+        raise ValueError(f"coverage: levels give repeated names {names}")
+    quantiles = weighted_quantiles(
+        samples, log_weights, torch.cat([(1 - bounds) / 2, (1 + bounds) / 2])
+    )
+    return quantiles[: len(bounds)], quantiles[len(bounds) :]
+
+
+def weighted_std(samples: torch.Tensor, log_weights: torch.Tensor | None) -> torch.Tensor:
+    """Per-coordinate std of weighted draws (N, ...), float64: sum_k w_k (x_k - mean)^2 /
+    (1 - sum_k w_k^2), the unbiased estimator for normalised reliability weights, which for
+    equal weights is ``samples.std(0)`` (Bessel's correction); 0 where one draw carries all
+    the weight."""
+    w = normalised_weights(log_weights, samples.shape[0]).to(samples.device)
+    x = samples.detach().to(torch.float64)
+    w = w.reshape(-1, *([1] * (x.dim() - 1)))
+    mean = (w * x).sum(0)
+    scatter = (w * (x - mean).pow(2)).sum(0)
+    correction = 1 - w.pow(2).sum()
+    if correction <= 0:
+        return torch.zeros_like(mean)
+    return (scatter / correction).sqrt()
+
+
+def coverage(
+    samples: torch.Tensor,
+    log_weights: torch.Tensor | None,
+    truth: torch.Tensor,
+    levels: Sequence[float] = COVERAGE_LEVELS,
+) -> dict[str, float]:
+    """Calibration of weighted draws ``samples`` (N, ...), N >= 2, against one ``truth`` of
+    shape ``samples.shape[1:]``.
+
+    ``coverage_<100 l>`` for each level l: the share of coordinates (pixels) whose truth lies
+    in the closed central interval of that coordinate's draws (``central_intervals``); a
+    calibrated sampler scores about l in expectation (slightly less with few draws: about
+    l (N - 1) / (N + 1) for N independent equally weighted draws), an over-confident one
+    less. ``posterior_std``: the mean over coordinates of the weighted std (``weighted_std``).
+    """
+    if samples.dim() < 1 or samples.shape[0] < 2:
+        raise ValueError(f"coverage: needs at least 2 samples, got shape {tuple(samples.shape)}")
+    if truth.shape != samples.shape[1:]:
+        raise ValueError(
+            f"coverage: truth must have shape {tuple(samples.shape[1:])} (one draw), got "
+            f"{tuple(truth.shape)}"
+        )
+    if not torch.isfinite(truth).all():
+        raise ValueError("coverage: truth has non-finite values (nan or inf)")
+    lower, upper = central_intervals(samples, log_weights, levels)
+    inside = interval_hits(lower, upper, truth.to(lower.device, torch.float64))
+    out = {
+        coverage_name(float(level)): float(hit) for level, hit in zip(levels, inside, strict=True)
+    }
+    out["posterior_std"] = float(weighted_std(samples, log_weights).mean())
+    return out
+
+
+def interval_hits(lower: torch.Tensor, upper: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
+    """Share of the entries of ``truths`` (..., *shape) inside the closed intervals [lower,
+    upper] (L, *shape), per level: (L,) float64. Leading dimensions of ``truths`` beyond the
+    intervals' shape are further draws, averaged over."""
+    extra = truths.dim() - (lower.dim() - 1)
+    if extra < 0 or truths.shape[extra:] != lower.shape[1:]:
+        raise ValueError(
+            f"coverage: truths of shape {tuple(truths.shape)} do not end in the intervals' "
+            f"shape {tuple(lower.shape[1:])}"
+        )
+    lo = lower.reshape(len(lower), *([1] * extra), *lower.shape[1:])
+    hi = upper.reshape(len(upper), *([1] * extra), *upper.shape[1:])
+    inside = (lo <= truths) & (truths <= hi)
+    return inside.flatten(1).to(torch.float64).mean(dim=1)
 
 
 def _check_pair(x: torch.Tensor, reference: torch.Tensor, metric: str) -> None:
@@ -214,6 +401,11 @@ def _to_unit_range(
     a = ((x.detach().to(torch.float64) + 1) / 2).clamp(0, 1)
     b = ((reference.detach().to(torch.float64) + 1) / 2).clamp(0, 1)
     return a, b
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clipped: the units of ``particle_spread`` and ``coverage`` rows."""
+    return (x.detach().to(torch.float64).clamp(-1, 1) + 1) / 2
 
 
 def _gaussian_filter_valid(images: torch.Tensor) -> torch.Tensor:

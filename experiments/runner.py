@@ -60,6 +60,7 @@ RESULT_COLUMNS = [
     "measurement_loss",
     "diversity",
     "posterior_std",
+    *metrics.COVERAGE_COLUMNS,
     "nfe",
     "seconds",
     "particles",
@@ -440,9 +441,10 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Mean and std of the per-image metrics of one (task, method), for MLflow."""
     ok = [r for r in rows if r["status"] == "ok"]
     out: dict[str, float] = {"images": float(len(ok)), "failed": float(len(rows) - len(ok))}
-    for key in ("psnr", "ssim", "lpips", "measurement_loss", "diversity", "posterior_std"):
+    keys = ("psnr", "ssim", "lpips", "measurement_loss", "diversity", "posterior_std")
+    for key in (*keys, *metrics.COVERAGE_COLUMNS):  # coverage: absent for one particle
         values = torch.tensor(
-            [float(r[key]) for r in ok if r[key] not in ("", None)], dtype=torch.float64
+            [float(r[key]) for r in ok if r.get(key) not in ("", None)], dtype=torch.float64
         )
         values = values[torch.isfinite(values)]
         if values.numel():

@@ -14,6 +14,7 @@ import scipy.stats
 import torch
 
 import operators
+from experiments.gmm_protocol import ExactInstance, exact_coverage
 from experiments.metrics import sliced_wasserstein
 from operators.random import make_generator
 from solvers.priors import PriorInputError
@@ -303,6 +304,27 @@ def test_perfect_sampler_floor_on_mcgdiff_instances() -> None:
     assert 0.1 < floors[1] < 0.3, floors
     assert 0.02 < floors[4] < 0.08, floors
     assert floors[4] < floors[1]
+
+
+def test_exact_coverage_of_exact_prior_and_importance_weighted_draws() -> None:
+    """Instance 0 (d = 8, d_y = 1): 2k exact posterior draws cover 2k further ones at the
+    nominal levels (about l (N - 1) / (N + 1), within 0.02: the draws' own noise); 20k prior
+    draws do not (0.29 at 50%), but weighted by the likelihood (importance sampling, about
+    1300 effective draws) they do."""
+    instance = ExactInstance.mcgdiff(8, 1, 0)
+    truths, n = instance.reference(2000), 2000
+    exact = exact_coverage(instance.exact(n), None, truths)
+    prior = instance.prior_draws(20_000)
+    problem = instance.problem
+    log_likelihood = problem.operator.log_likelihood(prior, problem.y.expand(len(prior), -1))
+    unweighted = exact_coverage(prior, None, truths)
+    weighted = exact_coverage(prior, log_likelihood, truths)
+    for level, name in ((0.5, "coverage_50"), (0.9, "coverage_90")):
+        assert abs(exact[name] - level * (n - 1) / (n + 1)) < 0.02, exact
+        assert abs(weighted[name] - level) < 0.02, weighted
+    assert unweighted["coverage_50"] < 0.4, unweighted
+    with pytest.raises(ValueError, match="posterior_samples"):
+        exact_coverage(prior, None, truths[:, :4])
 
 
 # -- the linear-decoder (latent) test bed -------------------------------------------------------

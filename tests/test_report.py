@@ -130,6 +130,34 @@ def test_markdown_rows_values_and_backbone_note(output: Path) -> None:
     assert "randomly initialised backbone" in text and RANDOM in text
 
 
+def test_coverage_columns_shown_where_recorded(output: Path) -> None:
+    """Coverage columns (runs with several particles) join the tables as mean ± std; a pair
+    without them (one particle: blank cells) shows n/a, and rows without any show none."""
+    df = report.load_results(output)
+    gen = np.random.default_rng(0)
+    several = (df.method == "daps") & (df.status == "ok")
+    for name in ("coverage_50", "coverage_90"):
+        df[name] = np.where(several, gen.uniform(0, 1, len(df)), np.nan)
+    df.to_csv(output / "results.csv", index=False)
+    summary = report.summary_table(report.load_results(output))
+    ok = df[several & (df.task == "sr")]
+    got = summary.loc[("sr", "daps")]
+    assert got["coverage_90_mean"] == pytest.approx(ok.coverage_90.mean(), rel=1e-12)
+    assert got["coverage_90_std"] == pytest.approx(ok.coverage_90.std(ddof=1), rel=1e-12)
+    lines = report.markdown_table(summary).splitlines()
+    assert lines[0].startswith("| task | method | PSNR ↑ | SSIM ↑ | LPIPS ↓ † | coverage 50% | ")
+    cells = {tuple(line.split(" | ")[:2]): line.split(" | ") for line in lines[2:6]}
+    assert cells[("| sr", "daps")][6] == f"{got.coverage_90_mean:.3f} ± {got.coverage_90_std:.3f}"
+    assert cells[("| sr", "dps")][5:7] == ["n/a", "n/a"]
+    # MLflow rows: the aggregated columns, NaN where a child did not log them.
+    aggregated = pd.DataFrame(
+        {"task": ["sr", "sr"], "method": ["dps", "daps"], "psnr_mean": [25.0, 27.0]}
+        | {f"coverage_50_{s}": [math.nan, v] for s, v in (("mean", 0.45), ("std", 0.05))}
+    )
+    assert "coverage_50" in report.summary_table(aggregated).columns
+    assert "coverage_50" not in report.summary_table(aggregated.iloc[:1]).columns
+
+
 class _Cells(HTMLParser):
     """Texts of the <td> cells of an HTML page."""
 

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 def _config(output: Path, images: int = 2) -> ExperimentConfig:
-    """DAPS, and a "broken" ensemble whose DINO feature model does not exist."""
+    """DAPS (two particles, the best returned), and a "broken" ensemble whose DINO feature
+    model does not exist."""
     broken = {
         "particles": 2,
         "features": "dino",
@@ -28,7 +29,10 @@ def _config(output: Path, images: int = 2) -> ExperimentConfig:
         "unit",
         output,
         images,
-        [daps_method(), daps_method("broken", ensemble=broken)],
+        [
+            daps_method(ensemble={"particles": 2, "selection": "best"}),
+            daps_method("broken", ensemble=broken),
+        ],
         [],
         metrics={"lpips": True, "lpips_net": "vgg", "lpips_random_backbone": True},
         tracking={"experiment": "unit"},
@@ -51,6 +55,11 @@ def test_runs_scores_saves_and_resumes(tmp_path: Path) -> None:
     saved = torch.load(output / "samples" / "box" / "daps" / f"{first[0]['image']}.pt")
     truth, chosen = saved["ground_truth"][None], saved["selected"]
     assert float(metrics.psnr(chosen, truth)) == pytest.approx(float(first[0]["psnr"]), rel=1e-6)
+    # coverage: of every particle, not only the selected one, in [0, 1] units
+    unit = [(t.double().clamp(-1, 1) + 1) / 2 for t in (saved["samples"], saved["ground_truth"])]
+    coverage = metrics.coverage(*unit[:1], None, unit[1])
+    for name in metrics.COVERAGE_COLUMNS:
+        assert float(first[0][name]) == pytest.approx(coverage[name], rel=1e-12)
     assert (output / "images" / "box" / "daps" / f"{first[0]['image']}.png").is_file()
     assert (output / "config.yaml").is_file() and (output / "report.md").is_file()
 
@@ -82,6 +91,7 @@ def test_mlflow_tree_has_parent_children_params_metrics_and_artifacts(tmp_path: 
     assert ok.info.status == "FINISHED"
     row = result_rows(output)[0]
     assert ok.data.metrics["psnr_mean"] == pytest.approx(float(row["psnr"]))
+    assert ok.data.metrics["coverage_90_mean"] == pytest.approx(float(row["coverage_90"]))
     image = row["image"]
     history = client.get_metric_history(ok.info.run_id, f"{image}/loss_best")
     assert [m.step for m in history] == [0, 1, 2]

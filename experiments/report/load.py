@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.metrics import COVERAGE_COLUMNS
 from search.tracking import PARENT_TAG
 
 # final metrics the runner logs per child run (one child run per task and method)
@@ -20,6 +21,7 @@ MLFLOW_METRICS = (
     "ssim_std",
     "lpips_mean",
     "lpips_std",
+    *(f"{name}_{stat}" for name in COVERAGE_COLUMNS for stat in ("mean", "std")),
     "nfe",
     "seconds_per_image",
     "images",

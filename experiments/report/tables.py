@@ -1,5 +1,6 @@
 """Summary tables: mean ± std per (task, method) and the Markdown table in the seeds' style
-(rows task | method, columns PSNR ↑ | SSIM ↑ | LPIPS ↓)."""
+(rows task | method, columns PSNR ↑ | SSIM ↑ | LPIPS ↓, then the particles' coverage where the
+runs recorded it)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,27 @@ from collections.abc import Sequence
 import pandas as pd
 
 from experiments.mean_std import format_mean_std
+from experiments.metrics import COVERAGE_COLUMNS
 
 METRICS = ("psnr", "ssim", "lpips")
-HEADERS = {"psnr": "PSNR ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
+# Shown after METRICS when the rows hold a value: calibration of runs with several particles
+# (the closer to the level, the better: no arrow).
+OPTIONAL_METRICS = COVERAGE_COLUMNS
+HEADERS = {
+    "psnr": "PSNR ↑",
+    "ssim": "SSIM ↑",
+    "lpips": "LPIPS ↓",
+    **{name: f"coverage {name.removeprefix('coverage_')}%" for name in COVERAGE_COLUMNS},
+}
 DIGITS = {"psnr": 2, "ssim": 3, "lpips": 3}
 RANDOM_MARK = "†"
 
 
-def summary_table(df: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+def summary_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean ± std per (task, method), in the order the pairs first appear.
+
+    ``metrics`` defaults to ``METRICS`` and those of ``OPTIONAL_METRICS`` with a value in
+    ``df`` (per image or as ``<metric>_mean``).
 
     ``df`` holds per-image rows (``load_results``) or rows already aggregated per task and
     method (``load_mlflow``: ``psnr_mean``, ``psnr_std``, ...). Failed images are left out of
@@ -28,6 +41,8 @@ def summary_table(df: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.Data
     and ``lpips_backbone`` where known.
     """
     keys = _group_keys(df)
+    if metrics is None:
+        metrics = [*METRICS, *(m for m in OPTIONAL_METRICS if _has_values(df, m))]
     if _is_aggregated(df, metrics):
         numeric = _from_aggregated(df, keys, metrics)
     else:
@@ -43,6 +58,19 @@ def _group_keys(df: pd.DataFrame) -> list[str]:
         raise ValueError(f"report: the results lack the column(s) {sorted(missing)}")
     several_runs = "run" in df.columns and df["run"].nunique() > 1
     return ["run", "task", "method"] if several_runs else ["task", "method"]
+
+
+def _has_values(df: pd.DataFrame, metric: str) -> bool:
+    """True when a per-image ``metric`` column or a ``<metric>_mean`` column holds a number."""
+    columns = [c for c in (metric, f"{metric}_mean") if c in df.columns]
+    return any(pd.to_numeric(df[c], errors="coerce").notna().any() for c in columns)
+
+
+def _shown(summary: pd.DataFrame, metrics: Sequence[str] | None) -> Sequence[str]:
+    """``metrics``, or by default ``METRICS`` and the optional metrics ``summary`` holds."""
+    if metrics is not None:
+        return metrics
+    return [*METRICS, *(m for m in OPTIONAL_METRICS if f"{m}_mean" in summary.columns)]
 
 
 def _is_aggregated(df: pd.DataFrame, metrics: Sequence[str]) -> bool:
@@ -96,11 +124,12 @@ def _labels(numeric: pd.DataFrame, metric: str) -> list[str]:
     return [format_mean_std(mean, std, digits) for mean, std in pairs]
 
 
-def display_table(summary: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
-    """The human-readable table: key columns, "mean ± std" per metric, images, NFE, time."""
+def display_table(summary: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """The human-readable table: key columns, "mean ± std" per metric (by default those of
+    ``summary_table``'s default), images, NFE, time."""
     random = _random_backbone(summary)
     table = summary.index.to_frame(index=False)
-    for m in metrics:
+    for m in _shown(summary, metrics):
         header = HEADERS.get(m, m)
         if m == "lpips" and random:
             header = f"{header} {RANDOM_MARK}"
@@ -147,7 +176,7 @@ def lpips_note(summary: pd.DataFrame) -> str:
     return f"LPIPS backbone: {backbones}." if backbones else ""
 
 
-def markdown_table(summary: pd.DataFrame, metrics: Sequence[str] = METRICS) -> str:
+def markdown_table(summary: pd.DataFrame, metrics: Sequence[str] | None = None) -> str:
     """The seeds' style: rows task | method, columns PSNR ↑ | SSIM ↑ | LPIPS ↓ (mean ± std),
     then images (failed), NFE and seconds per image; the LPIPS backbone in a footnote."""
     table = display_table(summary, metrics)
