@@ -265,30 +265,30 @@ def weighted_quantiles(
     if len(w) == 1:
         out = x[0].expand(len(wanted), -1)
     else:
-        chunk = max(1, QUANTILE_CHUNK // len(w))
+        rows = max(1, QUANTILE_CHUNK // len(w))
+        pixels = x.T  # (P, N)
         out = torch.cat(
-            [_interpolated(x[:, i : i + chunk], w, wanted) for i in range(0, x.shape[1], chunk)],
-            dim=1,
-        )
+            [_interpolated(pixels[i : i + rows], w, wanted) for i in range(0, len(pixels), rows)]
+        ).T
     out = out.reshape(len(wanted), *samples.shape[1:])
     return out[0] if levels.dim() == 0 else out
 
 
 def _interpolated(x: torch.Tensor, w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``weighted_quantiles`` of the columns of ``x`` (N, P), weights ``w`` (N,) > 0 summing
-    to 1, N >= 2, at the levels ``q`` (Q,): (Q, P)."""
-    values, order = x.sort(dim=0)
+    """``weighted_quantiles`` of the rows of ``x`` (P, N) (one pixel's draws per row; sorting
+    the last axis is the fast one), weights ``w`` (N,) > 0 summing to 1, N >= 2, at the levels
+    ``q`` (Q,): (P, Q)."""
+    values, order = x.contiguous().sort(dim=1)
     ws = w[order]
-    first, last = ws[0], ws[-1]
-    positions = (ws.cumsum(dim=0) - ws / 2 - first / 2) / (1 - first / 2 - last / 2)
-    positions = positions.T.contiguous()  # (P, N): searchsorted wants the sorted axis last
-    targets = q.expand(positions.shape[0], -1).contiguous()  # (P, Q)
+    first, last = ws[:, :1], ws[:, -1:]
+    positions = (ws.cumsum(dim=1) - ws / 2 - first / 2) / (1 - first / 2 - last / 2)
+    targets = q.expand(len(positions), -1).contiguous()  # (P, Q)
     lower = (torch.searchsorted(positions, targets, right=True) - 1).clamp(0, len(w) - 2)
     p_lower, p_upper = positions.gather(1, lower), positions.gather(1, lower + 1)
     gap = p_upper - p_lower  # > 0 in exact arithmetic; rounding can make it 0
     fraction = torch.where(gap > 0, (targets - p_lower) / gap, 0.0).clamp(0, 1)
-    v_lower, v_upper = values.T.gather(1, lower), values.T.gather(1, lower + 1)
-    return (v_lower + fraction * (v_upper - v_lower)).T
+    v_lower, v_upper = values.gather(1, lower), values.gather(1, lower + 1)
+    return v_lower + fraction * (v_upper - v_lower)
 
 
 def central_intervals(
