@@ -422,14 +422,18 @@ def _save(
     path.parent.mkdir(parents=True, exist_ok=True)
     alive = [i for i, s in enumerate(result.status) if s == "ok"] or list(range(len(result.status)))
     kept = result.all_samples[alive].float()
+    log_weights = None if result.log_weights is None else result.log_weights[alive]
+    weights = metrics.normalised_weights(log_weights, len(kept)).to(kept)
+    mean = torch.einsum("n,n...->...", weights, kept)
+    std = metrics.weighted_std(kept, log_weights).float() if len(kept) > 1 else 0 * kept[0]
     torch.save(
         {
             "ground_truth": truth[0].cpu(),
             "measurement": y[0].cpu(),
             "samples": result.all_samples.cpu(),
             "selected": result.samples.cpu(),
-            "mean": kept.mean(0).cpu(),
-            "std": kept.std(0).cpu() if len(kept) > 1 else torch.zeros_like(kept[0]).cpu(),
+            "mean": mean.cpu(),  # weighted by a weighted solver's final weights
+            "std": std.cpu(),
             "loss": result.loss.cpu(),
         },
         path,

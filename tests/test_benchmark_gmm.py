@@ -69,7 +69,10 @@ def test_main_prints_the_table_settings_and_csv(tmp_path, capsys) -> None:
     main([*argv, "--solvers", "cdps:gmm", "--report-from", str(path)])
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| cdps gmm"))
     sw = float(rows[-2]["sw"])
-    assert f"| {sw:.3f} ± 0.000 (1 inst. all stopped) |" in line and line.endswith("| 100 |")
+    assert f"| {sw:.3f} ± 0.000 (1 inst. all stopped) |" in line
+    cover_50, cover_90 = (100 * float(rows[-2][f"coverage_{level}"]) for level in (50, 90))
+    assert line.endswith(f"| 100 | {cover_50:.1f} | {cover_90:.1f} |")  # stopped, coverage
+    assert 0 < cover_50 < cover_90 < 100
 
 
 def test_presets_run_on_the_beds_they_apply_to() -> None:

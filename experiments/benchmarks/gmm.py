@@ -29,8 +29,9 @@ from typing import Any
 import torch
 
 import solvers
-from experiments.gmm_protocol import ExactInstance
+from experiments.gmm_protocol import ExactInstance, exact_coverage
 from experiments.mean_std import format_mean_std, sample_mean_std
+from experiments.metrics import COVERAGE_LEVELS, coverage_name
 
 SCHEDULE_NOTE = (
     "Schedules: the usual increasing ones, not MCGdiff's decreasing betas = "
@@ -149,7 +150,9 @@ def reference_rows(d: int, d_y: int, index: int, n: int, slices: int, seed: int)
 
 
 def solver_row(entry: Entry, d: int, d_y: int, index: int, n: int, slices: int, seed: int) -> dict:
-    """Run ``entry`` on one instance: SW to the exact posterior, NFE, wall time, stopped count.
+    """Run ``entry`` on one instance: SW to the exact posterior, NFE, wall time, stopped count,
+    and the coverage of the exact posterior draws by the samples' 50% / 90% central intervals
+    (``gmm_protocol.exact_coverage``).
 
     SW uses the particles that finished ("ok"); stopped ones are counted, not compared.
     """
@@ -157,12 +160,20 @@ def solver_row(entry: Entry, d: int, d_y: int, index: int, n: int, slices: int, 
     exact = instance(d, d_y, seed, index, entry.latent, slices)
     p = exact.problem
     solver = entry.spec.build()
-    result = solver.sample(p.prior, p.operator, p.y, n=n, seed=exact.solver_seed)
+    if solver.weighted:  # n particles with resampling, resampled by weight to n outputs
+        result = weighted_run(entry.spec, exact, n)
+    else:
+        result = solver.sample(p.prior, p.operator, p.y, n=n, seed=exact.solver_seed)
     ok = torch.tensor([s == "ok" for s in result.status]) & torch.isfinite(
         result.samples.flatten(1)
     ).all(1)
     reference = exact.reference(n)
     sw = exact.sw(result.samples[ok], reference) if bool(ok.any()) else math.nan
+    coverage = (
+        exact_coverage(result.samples[ok], None, reference)
+        if int(ok.sum()) >= 2
+        else {coverage_name(level): math.nan for level in COVERAGE_LEVELS}
+    )
     return _row(
         entry.spec.name,
         entry.spec.preset,
@@ -174,7 +185,43 @@ def solver_row(entry: Entry, d: int, d_y: int, index: int, n: int, slices: int, 
         nfe=result.nfe,
         seconds=result.seconds,
         stopped=int((~ok).sum()),
+        **coverage,
     )
+
+
+def weighted_run(spec: solvers.SolverSpec, exact: ExactInstance, n: int) -> Any:
+    """A weighted solver's n particles on one instance as an in-process ensemble (ESS-triggered
+    resampling, default ``smc``), resampled by their final weights to n equally weighted
+    outputs (``selection: weighted``); the result has ``samples``, ``status``, ``nfe``,
+    ``seconds`` like ``Solver.sample``'s (nfe per particle)."""
+    import ensemble
+    from ensemble import EnsembleSettings, EnsembleSpec, OperatorSpec
+
+    p = exact.problem
+    prior = {"name": "gmm", "d": p.prior.shape[0], "latent": p.prior.is_latent}
+    settings = EnsembleSettings(particles=n, selection="weighted", progress=False)
+    run_spec = EnsembleSpec(
+        solver=spec,
+        prior=prior,
+        operator=OperatorSpec.of(p.operator),
+        y=p.y,
+        seed=exact.solver_seed,
+        settings=settings,
+    )
+    result = ensemble.run(run_spec)
+    status = [result.status[i] for i in result.selected]
+    return WeightedOutputs(result.samples, status, result.nfe, result.seconds, result.log_weights)
+
+
+@dataclass(frozen=True)
+class WeightedOutputs:
+    """A weighted ensemble's resampled outputs, shaped like ``solvers.base.Result``."""
+
+    samples: torch.Tensor
+    status: list[str]
+    nfe: int
+    seconds: float
+    log_weights: torch.Tensor | None
 
 
 # -- the whole grid ----------------------------------------------------------------------------
@@ -286,8 +333,8 @@ def table(rows: list[dict]) -> str:
     """The Markdown table: one line per (solver, bed, d, d_y), statistics over instances."""
     lines = [
         "| solver / preset | bed | d | d_y | SW (mean ± std) | floor (mean ± std) | SW / floor "
-        "| NFE / sample | ms / sample | stopped |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| NFE / sample | ms / sample | stopped | " + " | ".join(_COVERAGE_HEADERS) + " |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(_COVERAGE_HEADERS),
     ]
     for (label, bed, d, d_y), group in cells(rows).items():
         ms = 1000 * statistics.fmean(r["seconds"] / r["n"] for r in group)
@@ -296,9 +343,20 @@ def table(rows: list[dict]) -> str:
             f"{_mean_std([r['floor'] for r in group])} | "
             f"{_mean(r['ratio'] for r in group):.1f} | "
             f"{statistics.fmean(r['nfe'] for r in group):.0f} | {ms:.3f} | "
-            f"{sum(r.get('stopped', 0) for r in group)} |"
+            f"{sum(r.get('stopped', 0) for r in group)} | "
+            + " | ".join(_coverage_cell(group, level) for level in COVERAGE_LEVELS)
+            + " |"
         )
     return "\n".join(lines)
+
+
+_COVERAGE_HEADERS = [f"{level:.0%} coverage" for level in COVERAGE_LEVELS]
+
+
+def _coverage_cell(group: list[dict], level: float) -> str:
+    """Mean coverage (in %) of the exact posterior draws at one interval level."""
+    values = _finite(r.get(coverage_name(level), math.nan) for r in group)
+    return f"{100 * statistics.fmean(values):.1f}" if values else "n/a"
 
 
 def summary(rows: list[dict]) -> dict[tuple[str, str], float]:
@@ -320,7 +378,9 @@ def report(rows: list[dict], entries: list[Entry], protocol: Protocol, workers: 
         f"{p.samples} solver samples vs {p.samples} exact posterior samples, sliced "
         f"Wasserstein-1 over {p.slices} directions, seed {p.seed}; floor = SW between two "
         f"independent exact sample sets of that size; SW / floor is the mean of per-instance "
-        f"ratios; NFE = denoiser calls per particle; ms = solver wall time per sample "
+        f"ratios; NFE = denoiser calls per particle; ms = solver wall time per sample; "
+        f"coverage = share of exact posterior draws (and coordinates) inside the samples' "
+        f"central intervals (nominal: the level) "
         f"(float64, torch {torch.__version__}, 1 thread per run, {workers} worker(s))."
     )
     lines = [header, "", SCHEDULE_NOTE, "", table(rows), ""]
@@ -340,7 +400,7 @@ class CSVRows:
     """Writes per-instance rows (floors included) to a CSV file as they come, flushed each."""
 
     COLUMNS = ("solver", "preset", "bed", "d", "d_y", "instance", "sw", "floor", "ratio")
-    COLUMNS += ("nfe", "seconds", "stopped", "n")
+    COLUMNS += ("nfe", "seconds", "stopped", "n", *map(coverage_name, COVERAGE_LEVELS))
 
     def __init__(self, path: str) -> None:
         self.file = open(path, "w", newline="")  # noqa: SIM115 (closed by close())
@@ -359,7 +419,7 @@ def read_rows(path: str) -> list[dict]:
     """The rows of a ``--csv`` file (a finished or interrupted run), typed as ``run`` makes
     them and sorted into table order (solver label, bed, d, d_y, instance)."""
     integer = ("d", "d_y", "instance", "nfe", "stopped", "n")
-    real = ("sw", "floor", "ratio", "seconds")
+    real = ("sw", "floor", "ratio", "seconds", *map(coverage_name, COVERAGE_LEVELS))
     rows = []
     with open(path, newline="") as f:
         for raw in csv.DictReader(f):
