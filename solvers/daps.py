@@ -233,6 +233,27 @@ GMM_PRESETS: dict[str, Preset] = {
         ("latent", "hmc", "hmc", {"momentum": 0.95}),
     )
 }
+# At 100 denoiser calls per sample (50 annealing x 2 ODE steps), the budget of the SMC samplers'
+# gmm presets in `dipswarm bench smc`: `dipswarm tune experiments/configs/tune_gmm_nfe100_daps.yaml`
+# (16 TPE trials, tuning instances 10000-10003 at d = 8, d_y = 2; mean SW 1.49).
+GMM_PRESETS["gmm_nfe100"] = Preset(
+    overrides={
+        **_GMM_COMMON,
+        "mcmc": "hmc",
+        "annealing_steps": 50,
+        "ode_steps": 2,
+        "sigma_max": 19.8,
+        "sigma_min": 0.169,
+        "rho": 10.7,
+        "mcmc_steps": 11,
+        "lr": 0.78,
+        "lr_min_ratio": 0.84,
+        "momentum": 0.979,
+    },
+    backbone="pixel",
+    task="matrix",
+    source="dipswarm tune experiments/configs/tune_gmm_nfe100_daps.yaml (docs/gmm_benchmark.md)",
+)
 
 
 @register(presets={**_table_presets(), **GMM_PRESETS})

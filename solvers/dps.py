@@ -177,6 +177,14 @@ DPS_PRESETS: dict[str, Preset] = {
         for task, zeta in _DPS_ZETA.items()
     },
     "gmm": Preset(overrides={"num_steps": 200, "zeta": 0.2}, task="matrix", source=_GMM_SWEEP),
+    # 100 denoiser calls per sample, the SMC samplers' budget in `dipswarm bench smc`: `dipswarm
+    # tune experiments/configs/tune_gmm_nfe100_dps.yaml` (16 TPE trials, tuning instances
+    # 10000-10003 at d = 8, d_y = 2; mean SW 2.47)
+    "gmm_nfe100": Preset(
+        overrides={"num_steps": 100, "zeta": 0.50, "eta": 0.15},
+        task="matrix",
+        source="dipswarm tune experiments/configs/tune_gmm_nfe100_dps.yaml",
+    ),
 }
 LATENT_DPS_PRESETS: dict[str, Preset] = {
     "ldm/natural": Preset(
