@@ -144,11 +144,13 @@ class Ensemble:
             snapshot = self._load_checkpoint() if resume else None
             if snapshot is None:
                 backend.call("start")
-                start = DriverState(0, torch.arange(self.spec.rows), self.spec.problems)
-                snapshot = self._snapshot(start)
+                # the groups' call counts keep the calls of ``init``: the live driver carries
+                # none (the snapshot's count is for a restore, which restarts the groups')
+                driver = DriverState(0, torch.arange(self.spec.rows), self.spec.problems)
+                snapshot = self._snapshot(driver)
             else:
                 self._restore(snapshot)
-            driver = copy.deepcopy(snapshot["driver"])
+                driver = copy.deepcopy(snapshot["driver"])
             progress = _progress(self.spec, self.num_steps, driver.step)
             loop_began = time.perf_counter()
             while driver.step < self.num_steps:

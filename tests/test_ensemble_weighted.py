@@ -201,3 +201,30 @@ def test_settings_that_contradict_the_weights_are_refused(
         spec = spec.replace(solver=SolverSpec(solver, "gmm"))
     with pytest.raises(EnsembleSpecError, match=match):
         ensemble.Ensemble(spec)
+
+
+def test_tds_in_an_ensemble_counts_the_solvers_own_calls() -> None:
+    """The initial twist call of ``init`` is counted once (it was counted twice before)."""
+    from solvers.priors.gmm import mcgdiff_problem
+
+    problem = mcgdiff_problem(8, 2, 0)
+    spec = flat_spec(
+        solver="tds",
+        preset="gmm",
+        overrides={"num_steps": 8},
+        prior={"name": "gmm", "d": 8},
+        operator=OperatorSpec.of(problem.operator),
+        y=problem.y,
+        seed=2,
+        particles=4,
+        progress=False,
+        smc=SMC(ess_threshold=0.0),
+    )
+    result = ensemble.run(spec)
+    direct = SolverSpec("tds", "gmm", {"num_steps": 8}).build()
+    alone = direct.sample(problem.prior, problem.operator, problem.y, n=4, seed=2)
+    assert result.nfe == alone.nfe == 8
+    torch.testing.assert_close(result.all_samples, alone.samples, rtol=0, atol=0)
+    assert alone.log_weights is not None and result.log_weights is not None
+    expected = alone.log_weights - torch.logsumexp(alone.log_weights, 0)
+    torch.testing.assert_close(result.log_weights, expected, rtol=1e-12, atol=1e-12)
