@@ -40,6 +40,9 @@ right-hand side, so the mean moves by Lambda^-1 force (about beta / (1 - beta) f
 ``state.x0`` is the Tweedie estimate D at the step's input level, and the sample x_0 itself
 after the last step.
 
+The chain and step are filtering posterior sampling's construction (Dou & Song, ICLR 2024): C-DPS
+is FPS-SMC (solvers/fps_smc.py, a subclass) with one particle and a chain per particle.
+
 A batch holding several problems (``operators.stack_rows``) gives each row its own y, A and,
 with ``chain_noise_units="operator_norm"``, its own rho = chain_noise ||A_row|| (one power
 iteration per problem at ``init``); Sigma is then a per-row number.
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -69,6 +73,15 @@ from solvers.vp_grid import (
 )
 
 SEED = "C-DPS (Mohajer Hamidi, Liang, Yang 2025)"
+
+
+class Move(NamedTuple):
+    """One reverse step's output and the proposal's inputs that an importance weight needs."""
+
+    x: torch.Tensor  # x_{s-1}
+    x0: torch.Tensor  # the clean estimate
+    x_prime: torch.Tensor  # the prior transition's mean x_t'
+    target: torch.Tensor  # y_{s-1} - b
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,14 @@ CDPS_PRESETS: dict[str, Preset] = {
         task="matrix",
         source="GMM benchmark sweep of chain_noise (docs/gmm_benchmark.md)",
     ),
+    # 100 denoiser calls per sample, the SMC samplers' budget in `dipswarm bench smc`: `dipswarm
+    # tune experiments/configs/tune_gmm_nfe100_cdps.yaml` (16 TPE trials, tuning instances
+    # 10000-10003 at d = 8, d_y = 2; mean SW 0.596)
+    "gmm_nfe100": Preset(
+        overrides={"steps": 100, "cg_iters": 10, "chain_noise": 0.0056},
+        task="matrix",
+        source="dipswarm tune experiments/configs/tune_gmm_nfe100_cdps.yaml",
+    ),
 }
 
 
@@ -146,6 +167,16 @@ class CDPS(VPGridSolver):
     def _init(
         self, generators: list[torch.Generator], indices: list[int], y: torch.Tensor
     ) -> State:
+        state = self._start(generators, indices, y)
+        assert state.y is not None
+        y_like = state.y.expand(len(indices), *state.y.shape[1:])
+        state.extra["y_t"] = self.chain_top(y_like, particle_randn(generators, y_like))
+        return state
+
+    def _start(
+        self, generators: list[torch.Generator], indices: list[int], y: torch.Tensor
+    ) -> State:
+        """The grid, each problem's rho and x_S ~ N(0, I) (no chain yet)."""
         prior = self.prior
         operator = self.operator
         assert prior is not None and operator is not None
@@ -153,21 +184,21 @@ class CDPS(VPGridSolver):
         self._chain_std = {part: self.chain_noise_std(part) for part, _ in operator.row_groups()}
         like = torch.empty(len(indices), *prior.shape, dtype=prior.dtype, device=prior.device)
         x = particle_randn(generators, like)
-        y = y.to(device=x.device, dtype=x.dtype)
-        ab = float(self.levels[-1])
-        y_like = y.expand(len(indices), *y.shape[1:])
-        noise = particle_randn(generators, y_like)
-        rho = self._rho(operator, y_like)
-        y_top = math.sqrt(ab) * y_like + math.sqrt(1 - ab) * rho * noise
         return State(
             x=x,
             x0=torch.zeros_like(x),
             generators=generators,
             indices=indices,
             status=torch.zeros(len(indices), dtype=torch.long, device=x.device),
-            extra={"y_t": y_top},
-            y=y,
+            y=y.to(device=x.device, dtype=x.dtype),
         )
+
+    def chain_top(self, y_like: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """y_S = sqrt(ab_S) y + sqrt(1 - ab_S) rho noise for the run's rows."""
+        assert self.operator is not None
+        ab = float(self.levels[-1])
+        rho = self._rho(self.operator, y_like)
+        return math.sqrt(ab) * y_like + math.sqrt(1 - ab) * rho * noise
 
     def _update(self, rows: Rows, k: int) -> Update:
         """Level s = S - k to s - 1: bridge draw of y_{s-1}, then the Gaussian reverse step."""
@@ -196,12 +227,28 @@ class CDPS(VPGridSolver):
         theirs (default: the run's)."""
         with torch.no_grad():
             y_prev = self.bridge(y_s, y, s, gens, operator)
-            mu, denoised, broken = self.transition_mean(x, y_prev, s, force, operator)
-            x_new = mu + self.transition_noise(x, s, gens, operator)
-            x0 = x_new / math.sqrt(float(self.levels[s - 1])) if s == 1 else denoised
+            move = self.move(x, y_prev, s, gens, force, operator)
+        return move.x, move.x0, y_prev
+
+    def move(
+        self,
+        x: torch.Tensor,
+        y_prev: torch.Tensor,
+        s: int,
+        gens: list[torch.Generator],
+        force: torch.Tensor | None = None,
+        operator: Operator | None = None,
+    ) -> Move:
+        """x_{s-1} ~ N(mu, Lambda^-1) given y_{s-1} (NaN rows where the denoiser failed)."""
+        op = self._linear(operator)
+        x_prime, shift, denoised, broken = self.prior_terms(x, s, op)
+        target = y_prev - shift
+        mu = self.conditioned_mean(x_prime, target, s, op, force)
+        x_new = mu + self.transition_noise(x, s, gens, op)
+        x0 = x_new / math.sqrt(float(self.levels[s - 1])) if s == 1 else denoised
         rows = broken.view(-1, *([1] * (x.dim() - 1)))
         x_new = torch.where(rows, math.nan, x_new)
-        return x_new, torch.where(rows, math.nan, x0), y_prev
+        return Move(x_new, torch.where(rows, math.nan, x0), x_prime, target)
 
     @property
     def chain_std(self) -> float:
@@ -263,10 +310,18 @@ class CDPS(VPGridSolver):
         operator: Operator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mu, D(x_t), non-finite rows): Lambda mu = c x_t' + A^T (y_{s-1} - b) / Sigma + force."""
+        op = self._linear(operator)
+        x_prime, shift, denoised, broken = self.prior_terms(x, s, op)
+        return self.conditioned_mean(x_prime, y_prev - shift, s, op, force), denoised, broken
+
+    def prior_terms(
+        self, x: torch.Tensor, s: int, operator: Operator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t', b, D(x_t), non-finite rows) at level s: the prior transition's mean x_t' and
+        the measurement offset b = (1 - ab_{s-1}) A s(x_t), one denoiser call."""
         prior, op = self.prior, self._linear(operator)
         assert prior is not None
         ab_s, ab, beta = float(self.levels[s]), float(self.levels[s - 1]), self.beta(s)
-        c, sigma = self._precision(s, op, x)
         denoised = prior.denoise(x / math.sqrt(ab_s), level_sigma(prior, ab_s))
         broken = bad_rows(denoised)
         denoised = zero_rows(denoised, broken)
@@ -275,10 +330,23 @@ class CDPS(VPGridSolver):
             x_prime = (x + beta * score) / math.sqrt(1 - beta)
         else:
             x_prime = x / math.sqrt(1 - beta)
-        rhs = c * x_prime + op.adjoint(y_prev - (1 - ab) * op(score)) / sigma
+        return x_prime, (1 - ab) * op(score), denoised, broken
+
+    def conditioned_mean(
+        self,
+        x_prime: torch.Tensor,
+        target: torch.Tensor,
+        s: int,
+        operator: Operator,
+        force: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """mu with Lambda mu = c x_t' + A^T target / Sigma + force (target = y_{s-1} - b)."""
+        op = self._linear(operator)
+        c, sigma = self._precision(s, op, x_prime)
+        rhs = c * x_prime + op.adjoint(target) / sigma
         if force is not None:
             rhs = rhs + force
-        return self._solve(rhs, s, op), denoised, broken
+        return self._solve(rhs, s, op)
 
     def transition_noise(
         self,
@@ -304,18 +372,25 @@ class CDPS(VPGridSolver):
         operator: Operator | None = None,
     ) -> torch.Tensor:
         """y_{s-1} ~ q(y_{s-1} | y_s, y_0 = y), the DDPM posterior of the measurement chain."""
+        mean, std = self.bridge_moments(y_s, y, s, operator)
+        return mean + std * particle_randn(gens, y_s)
+
+    def bridge_moments(
+        self, y_s: torch.Tensor, y: torch.Tensor, s: int, operator: Operator | None = None
+    ) -> tuple[torch.Tensor, float | torch.Tensor]:
+        """(mean, std) of the bridge q(y_{s-1} | y_s, y_0 = y); std per row when rho is."""
         op = self._linear(operator)
         ab_s, ab = float(self.levels[s]), float(self.levels[s - 1])
         beta = self.beta(s)
         mean = (math.sqrt(ab) * beta * y + math.sqrt(1 - beta) * (1 - ab) * y_s) / (1 - ab_s)
         var = (1 - ab) * beta / (1 - ab_s) * self._rho(op, y_s) ** 2
-        return mean + _sqrt(var) * particle_randn(gens, y_s)
+        return mean, _sqrt(var)
 
     def check_problem(self, prior: Prior, operator: Operator, y: torch.Tensor) -> None:
         super().check_problem(prior, operator, y)
         if not isinstance(operator, LinearOperator):
             raise SolverInputError(
-                f"cdps needs a LinearOperator (adjoint, normal); {operator.name} is not one"
+                f"{self.name} needs a LinearOperator (adjoint, normal); {operator.name} is not one"
             )
 
 

@@ -61,6 +61,7 @@ PAGES = [
     "solvers/resample.md",
     "solvers/noise_langevin.md",
     "solvers/cdps.md",
+    "solvers/fps_smc.md",
 ]
 
 

@@ -47,6 +47,7 @@ TINY: dict[str, SolverSpec] = {
         {"warm_steps": 2, "langevin_steps": 3, "step_size": 1e-3, "generator_steps": 3},
     ),
     "cdps": SolverSpec("cdps", None, {"steps": 8}),
+    "fps_smc": SolverSpec("fps_smc", None, {"steps": 8}),
     "tds": SolverSpec("tds", "gmm", {"num_steps": 6}),
     "latent_tds": SolverSpec("latent_tds", "gmm", {"num_steps": 6}),
 }
