@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "image_batches": "experiments.benchmarks.image_batches",
     "cluster_scaling": "experiments.benchmarks.cluster_scaling",
     "lookahead": "experiments.benchmarks.lookahead",
+    "smc": "experiments.benchmarks.smc",
 }
 
 

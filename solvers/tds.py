@@ -125,6 +125,16 @@ _GMM_CHECK = "ours: GMM benchmark check of inflation and steps, N = 64 (docs/sol
 _GMM = {"num_steps": 100, "inflation": 0.5}
 TDS_PRESETS: dict[str, Preset] = {
     "gmm": Preset(overrides=_GMM, task="matrix", source=_GMM_CHECK),
+    # 75 calls, DAPS's budget on the digits tasks (experiments/image_presets.py); inflation 0.1
+    # / 0.25 / 0.5 / 1 / 2 gave 6 / 6 / 5 / 3 / 3 of 6 right orientations and 25.1 / 21.0 /
+    # 14.3 / 11.3 / 10.7 dB (heaviest of 8 particles, digits test images 24-29, outside the
+    # 24 that `dipswarm bench smc` scores)
+    "pixel/phase_retrieval": Preset(
+        overrides={"num_steps": 75, "inflation": 0.1},
+        backbone="pixel",
+        task="phase_retrieval",
+        source="ours: inflation sweep on shipped digits phase retrieval (docs/solvers/tds.md)",
+    ),
 }
 LATENT_TDS_PRESETS: dict[str, Preset] = {
     "gmm": Preset(
