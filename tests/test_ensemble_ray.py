@@ -60,3 +60,57 @@ def test_workers_are_reused_by_the_next_run_with_the_same_prior(ray_session) -> 
     assert b.nfe == a.nfe == ensemble.run(_spec()).nfe  # per run, not summed over reuse
     assert not torch.equal(a.all_samples, b.all_samples)
     assert ensemble.release_workers() == 2 and ensemble.release_workers() == 0
+
+
+def _tds_spec(**changes: Any) -> EnsembleSpec:
+    """16 TDS particles with frequent resampling (ESS < 0.9 N) on a d = 8 GMM problem."""
+    from ensemble import SMC, OperatorSpec
+    from tests.ensemble_specs import flat_spec
+
+    problem = mcgdiff_problem(8, 2, 1)
+    base: dict[str, Any] = {
+        "solver": "tds",
+        "preset": "gmm",
+        "overrides": {"num_steps": 12},
+        "prior": {"name": "gmm", "d": 8},
+        "operator": OperatorSpec.of(problem.operator),
+        "y": problem.y,
+        "seed": 7,
+        "particles": 16,
+        "smc": SMC(ess_threshold=0.9),
+        "selection": "weighted",
+        "progress": False,
+    }
+    return flat_spec(**{**base, **changes})
+
+
+def _same_weighted_run(a: ensemble.EnsembleResult, b: ensemble.EnsembleResult) -> None:
+    torch.testing.assert_close(a.all_samples, b.all_samples, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(a.log_weights, b.log_weights, rtol=1e-9, atol=1e-9)
+    assert a.origin == b.origin and a.selected == b.selected and a.nfe == b.nfe
+
+
+def test_weighted_resampling_across_ray_workers_matches_one_process(ray_session) -> None:
+    local = ensemble.run(_tds_spec())
+    assert sum(local.traces["moves"]) > 0  # it resampled, copying particles between slots
+    remote = ensemble.run(
+        _tds_spec(backend="ray", workers=2, partition=(5, 11), cpus_per_worker=0.5)
+    )
+    _same_weighted_run(remote, local)
+    moved_across = {(o < 5) != (slot < 5) for slot, o in enumerate(remote.origin)}
+    assert True in moved_across  # some survivor was copied from one worker to the other
+
+
+def test_a_killed_worker_leaves_a_weighted_run_unchanged(ray_session) -> None:
+    undisturbed = ensemble.run(_tds_spec())
+    spec = _tds_spec(backend="ray", workers=2, cpus_per_worker=0.5, checkpoint_every=3)
+    killed: list[int] = []
+
+    def kill(k: int, run: ensemble.Ensemble) -> None:
+        if k == 7 and not killed:
+            killed.append(k)
+            ray_session.kill(run.backend.handles[0])
+
+    result = ensemble.Ensemble(spec).run(callback=kill)
+    assert killed == [7] and result.stats["restarts"] == 1.0
+    _same_weighted_run(result, undisturbed)
