@@ -58,18 +58,34 @@ TARGETS = {8: 2.0, 80: 5.0}  # SW / floor at the largest N
 
 
 # -- part 1: the GMM exact posterior ---------------------------------------------------------
-def gmm_part(args: argparse.Namespace) -> tuple[list[dict], list[gmm_bench.Entry]]:
-    """Every entry on every instance at every N: the rows of ``gmm_bench.run`` with ``n``."""
+def gmm_entries(args: argparse.Namespace) -> list[gmm_bench.Entry]:
+    """The weighted and single-chain entries on the pixel bed (the weighted presets' one)."""
     entries = gmm_bench.select_entries([*args.weighted, *args.single_chain])
-    entries = [e for e in entries if not e.latent]  # the pixel bed: the weighted presets' one
-    rows: list[dict] = []
-    for n in args.particles:
-        protocol = gmm_bench.Protocol(
-            args.dims, args.dys, args.instances, n, args.slices, args.seed
-        )
+    return [e for e in entries if not e.latent]
 
-        rows += gmm_bench.run(entries, protocol, args.workers, None if args.quiet else _progress)
-    return rows, entries
+
+def gmm_part(args: argparse.Namespace) -> list[dict]:
+    """Every entry on every instance at every N: the rows of ``gmm_bench.run`` with ``n``,
+    also written to ``--csv`` as they come."""
+    sink = gmm_bench.CSVRows(args.csv) if args.csv else None
+
+    def on_row(row: dict) -> None:
+        if sink is not None:
+            sink(row)
+        if not args.quiet:
+            _progress(row)
+
+    rows: list[dict] = []
+    try:
+        for n in args.particles:
+            protocol = gmm_bench.Protocol(
+                args.dims, args.dys, args.instances, n, args.slices, args.seed
+            )
+            rows += gmm_bench.run(gmm_entries(args), protocol, args.workers, on_row)
+    finally:
+        if sink is not None:
+            sink.close()
+    return rows
 
 
 def _progress(row: dict) -> None:
@@ -82,11 +98,11 @@ def _cell_mean(rows: list[dict], key: str) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
-def gmm_tables(rows: list[dict], entries: list[gmm_bench.Entry], args: argparse.Namespace) -> str:
+def gmm_tables(rows: list[dict], args: argparse.Namespace) -> str:
     """SW / floor per (cell, entry, N), coverage at the largest N, and the target checks."""
     scored = [r for r in rows if r["solver"] not in ("floor", gmm_bench.PRIOR_LABEL)]
     scored = [r for r in scored if r["bed"] == "pixel"]
-    labels = [e.label for e in entries]
+    labels = [e.label for e in gmm_entries(args)]
     largest = max(args.particles)
     lines = [
         "| d | d_y | solver / preset | NFE / sample | "
@@ -107,9 +123,9 @@ def gmm_tables(rows: list[dict], entries: list[gmm_bench.Entry], args: argparse.
                     continue
                 cells = []
                 for n in args.particles:
-                    ratio[(d, d_y, label, n)] = _cell_mean(
-                        [r for r in mine if r["n"] == n], "ratio"
-                    )
+                    at_n = [r for r in mine if r["n"] == n]
+                    ratio[(d, d_y, label, n)] = _cell_mean(at_n, "ratio")
+                    sw[(d, d_y, label, n)] = _cell_mean(at_n, "sw")
                     cells.append(f"{ratio[(d, d_y, label, n)]:.2f}")
                 at_largest = [r for r in mine if r["n"] == largest]
                 coverage = [
@@ -265,6 +281,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed (0)")
     parser.add_argument("--workers", type=int, default=1, help="processes for GMM runs (1)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--csv", help="also write the GMM rows to this CSV file as they come")
+    parser.add_argument(
+        "--report-from",
+        metavar="CSV",
+        help="print the GMM tables of a --csv file instead of running (give the run's options)",
+    )
     return parser.parse_args(argv)
 
 
@@ -273,15 +295,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     began = time.perf_counter()
     torch.set_num_threads(1)
     if args.part in ("gmm", "all"):
-        rows, entries = gmm_part(args)
+        rows = gmm_bench.read_rows(args.report_from) if args.report_from else gmm_part(args)
         print(
             f"GMM exact posterior (docs/gmm_benchmark.md): {args.instances} instance(s) per "
             f"cell, seed {args.seed}; SW / floor (mean of per-instance ratios) per N; the "
             "weighted entries' outputs are their particles resampled by weight\n"
         )
-        print(gmm_tables(rows, entries, args))
+        print(gmm_tables(rows, args))
         print()
-    if args.part in ("digits", "all"):
+    if args.part in ("digits", "all") and not args.report_from:
         torch.set_num_threads(os.cpu_count() or 1)
         print(digits_part(args))
     print(f"\ntotal {time.perf_counter() - began:.0f} s")
