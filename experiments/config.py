@@ -123,11 +123,27 @@ class MethodConfig:
 
 @dataclass
 class MetricsConfig:
-    """LPIPS settings (PSNR, SSIM, measurement loss, diversity and std are always computed)."""
+    """LPIPS settings (PSNR, SSIM, measurement loss, diversity and std are always computed),
+    and the set-level FID and KID of the run's report: ``fid`` turns them on (off by default:
+    they need the Inception weights), ``fid_weights`` is the weights file (None: the torch hub
+    cache, ``experiments.metrics.fid_weights_file``), ``fid_random_backbone`` the same network
+    on random weights, for tests (numbers labelled not comparable)."""
 
     lpips: bool = True
     lpips_net: str = "vgg"
     lpips_random_backbone: bool = False
+    fid: bool = False
+    fid_weights: str | None = None
+    fid_random_backbone: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fid_weights is not None and self.fid_random_backbone:
+            raise ConfigError(
+                "metrics.fid_weights and metrics.fid_random_backbone exclude each other: "
+                "set the weights file for real FID, or the random backbone for tests"
+            )
+        if self.fid_weights is not None and not self.fid_weights.strip():
+            raise ConfigError("metrics.fid_weights is empty; give a file or null (hub cache)")
 
 
 @dataclass
@@ -493,7 +509,8 @@ def _unique(where: str, names: list[str]) -> None:
 
 def check_paths(config: ExperimentConfig) -> None:
     """Before a run, on the machine that runs it: folders and files the config names exist
-    (``$VARS`` expanded), the prior spec resolves, and a CUDA device exists if asked for."""
+    (``$VARS`` expanded), the prior spec resolves, a CUDA device exists if asked for, and
+    FID's Inception weights are there (fetched into the hub cache if they can be)."""
     if config.data.dataset == "folder":
         folder = expand(config.data.folder)
         if not Path(folder).is_dir():
@@ -518,6 +535,14 @@ def check_paths(config: ExperimentConfig) -> None:
                 f"device = {config.device!r}, but this machine has no CUDA device; use "
                 "device=cpu or run on a GPU machine"
             )
+    if config.metrics.fid and not config.metrics.fid_random_backbone:
+        from experiments.metrics import fid_weights_file  # the run's report computes FID
+
+        weights = config.metrics.fid_weights
+        try:
+            fid_weights_file(None if weights is None else expand(weights))
+        except (FileNotFoundError, RuntimeError) as err:
+            raise ConfigError(f"metrics.fid = true: {err}") from err
 
 
 def _check_prior(prior: Any) -> None:

@@ -12,13 +12,21 @@ for evaluation, so they run without autograd.
 - ``lpips`` uses the ``lpips`` package (AlexNet by default, as in DPS and ReSample; DAPS used
   piq's VGG variant, whose numbers differ). ``random_backbone=True`` builds it without the
   torchvision download, for tests only: label such numbers with ``lpips_label``.
+
+FID and KID are set-level: ``fid`` and ``kid`` compare a set of samples with a set of
+references (each a batch in [-1, 1]) and return one number (KID: mean and std over subsets).
+They use torchmetrics' FID and KID (Inception-v3 pool features of torch-fidelity, the
+TensorFlow FID network converted to PyTorch); ``fid_random_backbone=True`` is the same
+network on seeded random weights, for tests only: label such numbers with ``fid_label``.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -510,3 +518,267 @@ def sliced_wasserstein(
         cdf_gap = steps[order].cumsum(dim=1)[:, :-1]
         w1 = (cdf_gap.abs() * values.diff(dim=1)).sum(dim=1)
     return float(w1.mean())
+
+
+# -- FID and KID ------------------------------------------------------------------------------
+# The Inception-v3 layer of FID (Heusel et al., NeurIPS 2017) and KID (Binkowski et al., ICLR
+# 2018): the 2048 pool features.
+FID_FEATURES = 2048
+# Classes of the TensorFlow FID Inception's last layer (its state dict has fc of this size).
+FID_CLASSES = 1008
+# Images per Inception forward pass.
+FID_BATCH = 32
+# Seed of the random Inception weights, so that test numbers are reproducible.
+FID_RANDOM_SEED = 0
+# KID as in Binkowski et al. and torchmetrics: 100 random subsets of 1000 items per set (fewer
+# when a set is smaller), drawn with this seed.
+KID_SUBSETS = 100
+KID_SUBSET_SIZE = 1000
+KID_SEED = 0
+
+
+def fid_label(random_backbone: bool = False) -> str:
+    """Backbone label for reports, so that random-backbone FID and KID are never taken for
+    the real ones."""
+    if random_backbone:
+        return "Inception-v3 (random backbone, not comparable)"
+    return "Inception-v3 (TensorFlow FID weights)"
+
+
+def fid_weights_file(weights: str | Path | None = None) -> Path:
+    """The Inception weights that FID and KID load: ``weights`` when given (it must exist), else
+    the file torchmetrics loads (torch-fidelity's conversion of the TensorFlow FID Inception)
+    in the torch hub cache, ``$TORCH_HOME/hub/checkpoints``, downloaded there (hash checked)
+    when missing. FileNotFoundError for a missing ``weights``; RuntimeError naming the URL and
+    the place when the cache lacks the file and it cannot be downloaded."""
+    url = _fid_weights_url()
+    name = os.path.basename(urlparse(url).path)
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"fid: the Inception weights file {path} does not exist; put {name} (from "
+                f"{url}) there, or leave the weights unset to use the torch hub cache"
+            )
+        return path
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
+    if cached.is_file():
+        return cached
+    digest = re.search(r"-([0-9a-f]+)\.pth$", name)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(
+            url, str(cached), hash_prefix=digest.group(1) if digest else None, progress=False
+        )
+    except OSError as err:  # no network (URLError is an OSError) or an unwritable cache
+        raise RuntimeError(
+            f"fid: the Inception weights {name} are not in the torch hub cache and could not "
+            f"be downloaded from {url} ({err}). Download that file and put it at {cached} (or "
+            "point TORCH_HOME at a cache that has it), or give its path as metrics.fid_weights "
+            "(the weights argument); metrics.fid_random_backbone (random_backbone=True) runs "
+            "without it, for tests only (its numbers are not comparable with published FID)."
+        ) from err
+    return cached
+
+
+def inception_features(
+    images: torch.Tensor,
+    weights: str | Path | None = None,
+    random_backbone: bool = False,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Inception-v3 pool features ``(N, 2048)`` (float64, CPU) of images ``(N, C, H, W)`` in
+    [-1, 1] with 1 or 3 channels, as torchmetrics' FID computes them: quantised to 8 bits like
+    saved PNGs (round(255 (x + 1) / 2), clipped), grayscale repeated to RGB, resized to
+    299x299 by torch-fidelity's bilinear resize that matches TensorFlow 1.x (the original FID
+    code's; torchmetrics' ``antialias=False``), then the network. ``weights``: see
+    ``fid_weights_file``; ``random_backbone=True`` uses the same network on seeded random
+    weights (no download; numbers not comparable with published FID). ``device`` is where
+    the network runs (default: the images' device)."""
+    _check_images(images, "inception_features")
+    if random_backbone and weights is not None:
+        raise ValueError("fid: give Inception weights or random_backbone=True, not both")
+    run_device = torch.device(device) if device is not None else images.device
+    source = None if random_backbone else str(fid_weights_file(weights))
+    model = _inception(source, bool(random_backbone), str(run_device))
+    pixels = ((images.detach().to(torch.float64).clamp(-1, 1) + 1) * 127.5).round()
+    pixels = pixels.to(torch.uint8).expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        features = [
+            model(pixels[i : i + FID_BATCH].to(run_device)).to("cpu", torch.float64)
+            for i in range(0, len(pixels), FID_BATCH)
+        ]
+    return torch.cat(features)
+
+
+def frechet_distance(features: torch.Tensor, reference_features: torch.Tensor) -> float:
+    """Frechet distance ``||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` between the
+    Gaussians fitted (mean, unbiased covariance) to two feature sets ``(N, d)`` and ``(M, d)``,
+    N, M >= 2: torchmetrics' FID formula on given features, in float64."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    a, b = _check_features(features, reference_features, "frechet_distance")
+    metric = FrechetInceptionDistance(feature=_GivenFeatures(a.shape[1]))
+    metric.update(b, real=True)
+    metric.update(a, real=False)
+    return float(metric.compute())
+
+
+def kernel_distance(
+    features: torch.Tensor,
+    reference_features: torch.Tensor,
+    subsets: int = KID_SUBSETS,
+    subset_size: int = KID_SUBSET_SIZE,
+    seed: int = KID_SEED,
+) -> tuple[float, float]:
+    """Kernel distance (KID, Binkowski et al., ICLR 2018) between feature sets ``(N, d)`` and
+    ``(M, d)``: the unbiased squared MMD with the kernel ``k(x, y) = (x.y / d + 1)^3`` on
+    ``subsets`` random subsets of min(``subset_size``, N, M) >= 2 items drawn without
+    replacement from each set; returns the mean and the (population) std over subsets.
+    torchmetrics' KID on given features; the draws are seeded by ``seed`` (the caller's RNG
+    state is untouched)."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    a, b = _check_features(features, reference_features, "kernel_distance")
+    if subset_size < 2:
+        raise ValueError(f"kernel_distance: subset_size must be >= 2, got {subset_size}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*save all extracted features.*")
+        metric = KernelInceptionDistance(
+            feature=_GivenFeatures(a.shape[1]),
+            subsets=subsets,
+            subset_size=min(subset_size, len(a), len(b)),
+        )
+    metric.update(b, real=True)
+    metric.update(a, real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+def fid(
+    samples: torch.Tensor,
+    references: torch.Tensor,
+    weights: str | Path | None = None,
+    random_backbone: bool = False,
+    device: str | torch.device | None = None,
+) -> float:
+    """FID between a set of samples ``(N, C, H, W)`` and references ``(M, C, H, W)`` in
+    [-1, 1], N, M >= 2: ``frechet_distance`` of their ``inception_features`` (same
+    arguments)."""
+    return frechet_distance(
+        inception_features(samples, weights, random_backbone, device),
+        inception_features(references, weights, random_backbone, device),
+    )
+
+
+def kid(
+    samples: torch.Tensor,
+    references: torch.Tensor,
+    weights: str | Path | None = None,
+    random_backbone: bool = False,
+    device: str | torch.device | None = None,
+    subsets: int = KID_SUBSETS,
+    subset_size: int = KID_SUBSET_SIZE,
+) -> tuple[float, float]:
+    """KID (mean, std over subsets) between samples and references as for ``fid``:
+    ``kernel_distance`` of their ``inception_features``; sets smaller than ``subset_size``
+    use subsets of the smaller set's size."""
+    return kernel_distance(
+        inception_features(samples, weights, random_backbone, device),
+        inception_features(references, weights, random_backbone, device),
+        subsets,
+        subset_size,
+    )
+
+
+class _GivenFeatures(torch.nn.Module):
+    """The identity, as torchmetrics' "feature extractor": its FID and KID then take features."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def _check_images(images: torch.Tensor, metric: str) -> None:
+    """Raise ValueError unless ``images`` is a finite ``(N, C, H, W)`` set, N >= 2, C 1 or 3."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(
+            f"{metric}: images must be a tensor of shape (N, C, H, W), got "
+            f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}"
+        )
+    if len(images) < 2:
+        raise ValueError(f"{metric}: a set needs at least 2 images, got {len(images)}")
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"{metric}: needs 1 or 3 channels, got {images.shape[1]}")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{metric}: images have non-finite values (nan or inf)")
+
+
+def _check_features(
+    a: torch.Tensor, b: torch.Tensor, metric: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sets as float64 CPU ``(N, d)``, ``(M, d)`` with N, M >= 2 and finite values."""
+    out = []
+    for name, t in (("features", a), ("reference_features", b)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or len(t) < 2:
+            raise ValueError(
+                f"{metric}: {name} must be a tensor (N, d) with N >= 2, got "
+                f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
+            )
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{metric}: {name} has non-finite values (nan or inf)")
+        out.append(t.detach().to("cpu", torch.float64))
+    if out[0].shape[1] != out[1].shape[1]:
+        raise ValueError(
+            f"{metric}: dimension mismatch, {out[0].shape[1]} vs {out[1].shape[1]} features"
+        )
+    return out[0], out[1]
+
+
+def _fid_weights_url() -> str:
+    """Where torch-fidelity (torchmetrics' FID network) downloads its Inception weights from."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    return URL_INCEPTION_V3
+
+
+@functools.cache
+def _inception(weights: str | None, random_backbone: bool, device: str) -> torch.nn.Module:
+    """torchmetrics' FID Inception (once per weights, backbone kind and device), frozen, with
+    torch-fidelity's TensorFlow-compatible resize; ``weights`` is a file (None: random)."""
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    source = _random_inception_weights() if random_backbone else weights
+    model = NoTrainInceptionV3(
+        name="inception-v3-compat",
+        features_list=[str(FID_FEATURES)],
+        feature_extractor_weights_path=source,
+        antialias=False,
+    )
+    return model.to(device)
+
+
+def _random_inception_weights() -> io.BytesIO:
+    """Seeded weights for the FID Inception, as a loadable state dict: torchvision's Inception3
+    with ``FID_CLASSES`` classes and no auxiliary head has the parameter names and shapes of
+    torch-fidelity's network; its convolutions get He-normal weights (so features stay of
+    order one through the depth), batch norms their identity defaults."""
+    from torchvision.models import inception_v3
+
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(FID_RANDOM_SEED)
+        net = inception_v3(
+            weights=None, aux_logits=False, init_weights=False, num_classes=FID_CLASSES
+        )
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    buffer.seek(0)
+    return buffer

@@ -95,6 +95,11 @@ def test_yaml_and_dotted_overrides(tmp_path: Path) -> None:
         ),
         (["ensemble.pruning.keep=[9]", "ensemble.pruning.steps=[1]"], r"pruning\.keep \[9\]"),
         (["metrics.lpips_net=resnet"], r"metrics\.lpips_net = 'resnet'; allowed: alex, vgg"),
+        (
+            ["metrics.fid_weights=w.pth", "metrics.fid_random_backbone=true"],
+            r"metrics\.fid_weights and metrics\.fid_random_backbone exclude each other",
+        ),
+        (["metrics.fid=1"], r"metrics\.fid must be true or false"),
         (["tasks.nope.sigma=1"], r"no list item named or numbered 'nope'; items: \['sr'\]"),
         (["device=tpu"], r"device = 'tpu'; allowed: cpu, cuda"),
         (["ensemble.particles"], r"must look like field\.path=value"),
@@ -148,6 +153,34 @@ def test_cuda_without_a_cuda_device_is_refused_before_a_run(monkeypatch) -> None
     config = load_config(None, ["device=cuda"], base=BASE)
     with pytest.raises(ConfigError, match=r"device = 'cuda', but this machine has no CUDA"):
         check_paths(config)
+
+
+def test_fid_without_inception_weights_is_refused_before_a_run(monkeypatch, tmp_path) -> None:
+    from urllib.error import URLError
+
+    import torch
+
+    from experiments.config import check_paths
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setenv("DIPSWARM_MODELS", str(tmp_path))
+    given = load_config(
+        None, ["metrics.fid=true", "metrics.fid_weights=$DIPSWARM_MODELS/inception.pth"], base=BASE
+    )
+    with pytest.raises(ConfigError, match=rf"metrics.fid = true: .*{tmp_path}/inception.pth does"):
+        check_paths(given)
+    cache = load_config(None, ["metrics.fid=true"], base=BASE)
+    with pytest.raises(ConfigError, match=rf"not in the torch hub cache.*{tmp_path}/torch/hub"):
+        check_paths(cache)
+    (tmp_path / "inception.pth").write_bytes(b"")  # only its presence is checked here
+    check_paths(given)
+    check_paths(
+        load_config(None, ["metrics.fid=true", "metrics.fid_random_backbone=true"], base=BASE)
+    )
 
 
 def test_a_prior_folder_without_weights_is_refused_before_a_run(tmp_path: Path) -> None:

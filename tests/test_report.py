@@ -398,3 +398,38 @@ def test_report_main_covers_studies(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "## Best trials" in out and str(study_dir / "study_report.md") in out
     with pytest.raises(FileNotFoundError, match="no study"):
         report.main(["--study", str(tmp_path / "nothing")])
+
+
+@pytest.mark.slow
+def test_set_level_fid_and_kid_per_pair_with_backbone_note(output: Path) -> None:
+    """metrics.fid in the run's config.yaml: FID and KID per (task, method) over one sample per
+    image against the ground truths, equal to experiments.metrics on the same sets; pairs
+    without samples get n/a; a random backbone is marked as not comparable."""
+    from experiments import metrics
+
+    paths = report.write_report(output)  # no config.yaml: no set-level columns
+    assert "fid" not in pd.read_csv(paths["csv"]).columns
+    (output / "config.yaml").write_text("metrics: {fid: true, fid_random_backbone: true}\n")
+    paths = report.write_report(output)
+    csv = pd.read_csv(paths["csv"]).set_index(["task", "method"])
+    for task in ("inpaint", "sr"):
+        items = [
+            torch.load(f, weights_only=True)
+            for f in sorted((output / "samples" / task / "dps").glob("*.pt"))
+        ]
+        samples = torch.stack([item["selected"][0] for item in items])
+        truths = torch.stack([item["ground_truth"] for item in items])
+        row = csv.loc[(task, "dps")]
+        assert row.set_images == 2
+        assert row.fid == pytest.approx(metrics.fid(samples, truths, random_backbone=True))
+        kid, kid_std = metrics.kid(samples, truths, random_backbone=True)
+        assert (row.kid, row.kid_std) == pytest.approx((kid, kid_std))
+        assert row.fid_backbone == metrics.fid_label(random_backbone=True)
+    assert math.isnan(csv.loc[("sr", "daps"), "fid"])
+    text = paths["md"].read_text(encoding="utf-8")
+    header = next(line for line in text.splitlines() if line.startswith("| task"))
+    assert "FID ↓ ‡" in header and "KID ↓ ‡" in header
+    fid = csv.loc[("sr", "dps"), "fid"]
+    assert f"| {fid:.2f} |" in text
+    assert "randomly initialised Inception" in text
+    assert "randomly initialised Inception" in paths["html"].read_text(encoding="utf-8")

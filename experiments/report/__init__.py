@@ -4,7 +4,8 @@ and a PSNR-vs-NFE plot; and reports of ``dipswarm tune`` studies.
 Inputs are the per-image ``results.csv`` of one or several output folders (layout written by
 ``experiments/runner.py``) or the final metrics the runner logs to MLflow. One module per job:
 ``load`` (results.csv, MLflow), ``tables`` (aggregation and Markdown), ``plots``, ``grids``,
-``documents`` (report.md/.csv/.html from a list of sections), ``study`` (best trials, parameter
+``set_metrics`` (FID and KID over the images of a run), ``documents`` (report.md/.csv/.html
+from a list of sections), ``study`` (best trials, parameter
 importance) and ``cli`` (``dipswarm report``; also ``python -m experiments.report OUTPUT``).
 """
 
@@ -13,6 +14,7 @@ from experiments.report.documents import write_report
 from experiments.report.grids import OVERVIEW_HEIGHT, image_grid, overview_grid
 from experiments.report.load import load_many, load_mlflow, load_results
 from experiments.report.plots import plot_psnr_vs_nfe
+from experiments.report.set_metrics import set_metrics
 from experiments.report.study import STUDY_FILE, find_studies, write_study_report
 from experiments.report.tables import METRICS, display_table, markdown_table, summary_table
 
@@ -30,6 +32,7 @@ __all__ = [
     "markdown_table",
     "overview_grid",
     "plot_psnr_vs_nfe",
+    "set_metrics",
     "summary_table",
     "write_report",
     "write_study_report",

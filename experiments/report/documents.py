@@ -11,17 +11,24 @@ import pandas as pd
 from experiments.report.grids import overview_grid
 from experiments.report.load import load_results
 from experiments.report.plots import plot_psnr_vs_nfe
-from experiments.report.tables import display_table, lpips_note, markdown_table, summary_table
+from experiments.report.set_metrics import run_metrics_settings, set_metrics
+from experiments.report.tables import display_table, markdown_table, notes, summary_table
 
 
 def write_report(output: str | Path, df: pd.DataFrame | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``report.csv``, ``report.html`` and ``psnr_vs_nfe.png`` (and
     ``overview.png`` when the folder has samples) into ``output``; ``df`` defaults to the
-    folder's own results. Returns the paths by kind: md, csv, html, plot (and overview)."""
+    folder's own results. Returns the paths by kind: md, csv, html, plot (and overview).
+
+    With the folder's own results and ``metrics.fid`` in its ``config.yaml``, the summary gains
+    the set-level FID and KID of each (task, method) (``set_metrics``)."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     results = load_results(out) if df is None else df
     summary = summary_table(results)
+    settings = run_metrics_settings(out) if df is None else None
+    if settings is not None and settings.fid:
+        summary = summary.join(set_metrics(out, settings))
     paths = {name: out / f"report.{name}" for name in ("md", "csv", "html")}
     summary.reset_index().to_csv(paths["csv"], index=False)
     paths["plot"] = plot_psnr_vs_nfe(summary, out / "psnr_vs_nfe.png")
@@ -53,12 +60,10 @@ def markdown_document(out: Path, sections: list[tuple[str, str]]) -> str:
 
 
 def _html_document(out: Path, summary: pd.DataFrame, paths: dict[str, Path]) -> str:
-    """A standalone HTML page: the table, the LPIPS note and the figures."""
+    """A standalone HTML page: the table, the backbone notes and the figures."""
     title = html.escape(f"Report: {out.name}")
     body = [f"<h1>{title}</h1>", display_table(summary).to_html(index=False, escape=True)]
-    note = lpips_note(summary)
-    if note:
-        body.append(f"<p>{html.escape(note)}</p>")
+    body += [f"<p>{html.escape(note)}</p>" for note in notes(summary)]
     body += [f'<img src="{paths[k].name}" alt="{k}">' for k in ("plot", "overview") if k in paths]
     return (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>\n'

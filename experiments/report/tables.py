@@ -1,6 +1,6 @@
 """Summary tables: mean ± std per (task, method) and the Markdown table in the seeds' style
 (rows task | method, columns PSNR ↑ | SSIM ↑ | LPIPS ↓, then the particles' coverage where the
-runs recorded it)."""
+runs recorded it, then the set-level FID ↓ | KID ↓ where the report computed them)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ HEADERS = {
 }
 DIGITS = {"psnr": 2, "ssim": 3, "lpips": 3}
 RANDOM_MARK = "†"
+FID_RANDOM_MARK = "‡"
 
 
 def summary_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
@@ -134,6 +135,11 @@ def display_table(summary: pd.DataFrame, metrics: Sequence[str] | None = None) -
         if m == "lpips" and random:
             header = f"{header} {RANDOM_MARK}"
         table[header] = list(summary[m])
+    if "fid" in summary.columns:  # set-level (experiments.report.set_metrics)
+        mark = f" {FID_RANDOM_MARK}" if _random_fid(summary) else ""
+        table[f"FID ↓{mark}"] = [_number(v, 2) for v in summary["fid"]]
+        pairs = zip(summary["kid"], summary["kid_std"], strict=True)
+        table[f"KID ↓{mark}"] = [format_mean_std(mean, std, 4) for mean, std in pairs]
     table["images (failed)"] = [
         f"{format_count(n)} ({format_count(f)})"
         for n, f in zip(summary["images"], summary["failed"], strict=True)
@@ -176,17 +182,49 @@ def lpips_note(summary: pd.DataFrame) -> str:
     return f"LPIPS backbone: {backbones}." if backbones else ""
 
 
+def _fid_backbones(summary: pd.DataFrame) -> list[str]:
+    if "fid_backbone" not in summary:
+        return []
+    return [b for b in dict.fromkeys(summary["fid_backbone"].dropna()) if b]
+
+
+def _random_fid(summary: pd.DataFrame) -> bool:
+    return any("random" in b for b in _fid_backbones(summary))
+
+
+def fid_note(summary: pd.DataFrame) -> str:
+    """One line on the set-level FID and KID (what they compare, which Inception weights);
+    flags a random backbone as not comparable. Empty where the report computed none."""
+    if "fid" not in summary.columns:
+        return ""
+    backbones = ", ".join(_fid_backbones(summary))
+    what = (
+        "FID and KID (mean ± std over subsets) per task and method: one sample per image "
+        "against the ground truths of the same images"
+    )
+    if _random_fid(summary):
+        return (
+            f"{FID_RANDOM_MARK} {what}, with a randomly initialised Inception ({backbones}): "
+            "not comparable to published FID or KID."
+        )
+    return f"{what}; backbone: {backbones}."
+
+
+def notes(summary: pd.DataFrame) -> list[str]:
+    """The non-empty footnotes of the results table: LPIPS backbone, then FID and KID."""
+    return [note for note in (lpips_note(summary), fid_note(summary)) if note]
+
+
 def markdown_table(summary: pd.DataFrame, metrics: Sequence[str] | None = None) -> str:
     """The seeds' style: rows task | method, columns PSNR ↑ | SSIM ↑ | LPIPS ↓ (mean ± std),
-    then images (failed), NFE and seconds per image; the LPIPS backbone in a footnote."""
+    then images (failed), NFE and seconds per image; the backbones in footnotes."""
     table = display_table(summary, metrics)
     lines = [
         "| " + " | ".join(table.columns) + " |",
         "|" + "---|" * len(table.columns),
         *("| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)),
     ]
-    note = lpips_note(summary)
-    return "\n".join(lines) + (f"\n\n{note}" if note else "") + "\n"
+    return "\n\n".join(["\n".join(lines), *notes(summary)]) + "\n"
 
 
 # ---------------------------------------------------------------- files
