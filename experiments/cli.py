@@ -69,21 +69,45 @@ def _run(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from experiments.config import ConfigError, load_config
 
-    overrides = list(args.overrides)
-    if args.output is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        overrides.insert(0, f"output={Path('dipswarm-demo').resolve() / stamp}")
-    else:
-        overrides.insert(0, f"output={Path(args.output).resolve()}")
+    overrides = [f"output={_demo_output(args.output, args.resume)}", *args.overrides]
     try:
         config = load_config(CONFIGS / "demo.yaml", overrides)
         print(
             f"dipswarm demo: prior {config.prior!r}, {len(config.tasks)} tasks x "
             f"{len(config.methods)} methods x {config.data.images} test images -> {config.output}"
         )
-        _run_and_summarise(config, resume=args.output is not None and args.resume, progress=True)
+        _run_and_summarise(config, resume=args.resume, progress=True)
     except ConfigError as err:  # raised before any work starts: one line, no traceback
         raise SystemExit(f"dipswarm demo: {err}") from None
+
+
+DEMOS, DEMO_STAMP = Path("dipswarm-demo"), "%Y%m%d-%H%M%S"  # demo folders: DEMOS/<stamp>
+
+
+def _demo_output(output: str | None, resume: bool) -> Path:
+    """The demo's output folder: ``--output``; else, with ``--resume``, the latest
+    dipswarm-demo/<stamp> under the working directory (said on the console); else a new one."""
+    if output is not None:
+        return Path(output).resolve()
+    demos = DEMOS.resolve()
+    if not resume:
+        return demos / time.strftime(DEMO_STAMP)
+    stamps = sorted(p for p in demos.glob("*") if p.is_dir() and _is_stamp(p.name))
+    if not stamps:
+        raise SystemExit(
+            f"dipswarm demo --resume: no earlier demo under {demos}; run dipswarm demo first, "
+            "or pass --output DIR to resume a demo written elsewhere"
+        )
+    print(f"dipswarm demo: resuming {stamps[-1]} (the latest demo; --output DIR for another)")
+    return stamps[-1]
+
+
+def _is_stamp(name: str) -> bool:
+    try:
+        time.strptime(name, DEMO_STAMP)
+    except ValueError:
+        return False
+    return True
 
 
 def _run_and_summarise(config: Any, resume: bool, progress: bool) -> None:
@@ -222,7 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("overrides", nargs="*", help="field.path=value overrides")
     demo.add_argument("--output", default=None, help="output folder (default: a new one)")
-    demo.add_argument("--resume", action="store_true", help="continue --output's run")
+    demo.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue --output's run, or without --output the latest dipswarm-demo/<stamp>",
+    )
     demo.set_defaults(handler=_demo)
 
     commands.add_parser(  # dispatched to experiments.report.main, which has its own parser

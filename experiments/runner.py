@@ -15,9 +15,10 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,10 @@ from experiments.config import (
     MethodConfig,
     TaskConfig,
     check_paths,
-    dump_config,
     expand,
     plain,
 )
+from experiments.resume import check_resume, start_fresh
 
 RESULT_COLUMNS = [
     "task",
@@ -95,24 +96,63 @@ def load_dataset(config: ExperimentConfig) -> Dataset:
 
 
 class ResultsFile:
-    """results.csv: one row per image, appended and flushed as soon as the image is done."""
+    """results.csv: one row per (task, method, image), written as soon as the image is done.
+
+    A new row is appended and flushed; a row for an image that already has one (a failed
+    image that ``--resume`` ran again) replaces it by rewriting the file atomically (a temp
+    file, then ``os.replace``), so that no reader sees the superseded row. The file is created
+    with its first row: a run that fails before its first image leaves none, and a header-only
+    file (left so by earlier versions) counts as no results.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        if not path.exists():
-            with path.open("w", newline="") as f:
-                csv.DictWriter(f, RESULT_COLUMNS).writeheader()
+        self._keys = {_row_key(r) for r in self._read()}
+
+    def has_rows(self) -> bool:
+        return bool(self._keys)
 
     def finished(self) -> dict[tuple[str, str, str], dict[str, str]]:
         """Rows of images that finished without error, by (task, method, image)."""
-        with self.path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        return {(r["task"], r["method"], r["image"]): r for r in rows if r["status"] == "ok"}
+        return {_row_key(r): r for r in self._read() if r["status"] == "ok"}
 
     def append(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, RESULT_COLUMNS).writerow({k: row.get(k, "") for k in RESULT_COLUMNS})
+        key, line = _row_key(row), {k: row.get(k, "") for k in RESULT_COLUMNS}
+        if key in self._keys:
+            rows = self._read()  # the new row takes the place of the first with its key
+            at = next(i for i, r in enumerate(rows) if _row_key(r) == key)
+            kept = [r for r in rows if _row_key(r) != key]
+            self._rewrite([*kept[:at], line, *kept[at:]])
+            return
+        mode = "a" if self._keys else "w"  # "w": a header-only file is started afresh
+        with self.path.open(mode, newline="") as f:
+            writer = csv.DictWriter(f, RESULT_COLUMNS)
+            if mode == "w":
+                writer.writeheader()
+            writer.writerow(line)
             f.flush()
+        self._keys.add(key)
+
+    def _read(self) -> list[dict[str, str]]:
+        if not self.path.is_file():
+            return []
+        with self.path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        temp = self.path.with_name(f"{self.path.name}.tmp")
+        with temp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, RESULT_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, self.path)
+
+
+def _row_key(row: Mapping[str, Any]) -> tuple[str, str, str]:
+    """The (task, method, image) a results row belongs to."""
+    return (str(row["task"]), str(row["method"]), str(row["image"]))
 
 
 def run_experiment(
@@ -126,19 +166,22 @@ def run_experiment(
     from experiments.tracking import Tracker, import_in_background
 
     check_paths(config)
-    if config.tracking.enabled:
-        import_in_background()
     output = Path(config.output).resolve()
     results_path = output / "results.csv"
-    if results_path.exists() and not resume:
-        raise FileExistsError(
-            f"{output} already holds results; pass --resume to continue that run or choose "
-            "another output folder (output=...)"
-        )
-    output.mkdir(parents=True, exist_ok=True)
-    dump_config(config, output / "config.yaml")
     results = ResultsFile(results_path)
-    done = results.finished() if resume else {}
+    if results.has_rows():
+        if not resume:
+            raise FileExistsError(
+                f"{output} already holds results; pass --resume to continue that run or choose "
+                "another output folder (output=...)"
+            )
+        check_resume(config, output)  # refuses a config that changes results, before any work
+    if config.tracking.enabled:
+        import_in_background()
+    output.mkdir(parents=True, exist_ok=True)
+    if not results.has_rows():
+        start_fresh(config, output)
+    done = results.finished()
     data = load_dataset(config)
     tracker = Tracker(
         config.tracking.uri, config.tracking.experiment, output, config.tracking.enabled
