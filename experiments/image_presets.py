@@ -136,6 +136,10 @@ SETTINGS: tuple[SolverSetting, ...] = (
     SolverSetting("daps-hmc", "daps", "pixel", "pixel_hmc/{task}", _PIXEL_DAPS, _FEWER_MCMC),
     # The "cpu" preset as shipped (100 steps, chain noise 0.1 ||A||).
     SolverSetting("cdps", "cdps", "pixel", "cpu", {}, tasks=LINEAR_TASKS),
+    # PiGDM: the paper's settings (guidance 1, data_std 1) at 50 steps.
+    SolverSetting("pigdm", "pigdm", "pixel", None, {"steps": 50}, tasks=LINEAR_TASKS),
+    # DiffPIR: the reference code's per-task lambda / zeta and step counts (20 on inpainting).
+    SolverSetting("diffpir", "diffpir", "pixel", "pixel/{task}", {}, tasks=LINEAR_TASKS),
     # zeta 10 on the box: the DPS term is what fills the hole (zeta 0.5: 12.4 dB).
     SolverSetting(
         "resample",
