@@ -4,7 +4,7 @@ lazily).
 - ``Searcher``: ``OptunaSearch`` that records each trial's Tune id as an Optuna user attribute,
   reports intermediate values at the objective's own step (not Tune's iteration counter), and
   tells Optuna PRUNED, not COMPLETE, for trials that ASHA stopped early (their last value is a
-  low-fidelity one).
+  low-fidelity one). Restored after a kill, it reconciles Tune's saved state with the journal.
 - ``MLflowTrials``: a Tune callback on the driver writing one MLflow child run per trial.
 - ``make_sampler``: TPE (default), GP, CMA-ES or random, seeded.
 """
@@ -23,6 +23,8 @@ from search import tracking
 from search.objective import FAILED_KEY, FINAL_KEY, TRACEBACK_KEY
 
 TRIAL_ATTR = "tune_trial_id"
+CUT_OFF_ATTR = "search_cut_off"  # on Optuna trials that a killed driver left running
+CUT_OFF = "cut off: the study's driver was killed before Tune saved this trial"
 SAMPLERS = ("tpe", "gp", "cmaes", "random")
 
 
@@ -54,6 +56,29 @@ class Searcher(OptunaSearch):
         self._ot_trials[trial_id].set_user_attr(TRIAL_ATTR, trial_id)
         return config
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's saved searcher, reconciled with the journal, which is ahead of it when the
+        driver was killed (SIGKILL): Optuna writes every report and tell at once, Tune saves its
+        state only every few seconds.
+
+        - A trial that Tune will run again (unfinished in its state) but that the journal holds
+          as finished keeps its Optuna record: the re-run's reports and tell are not sent
+          (Optuna refuses updates of a finished trial).
+        - A journal trial still RUNNING that Tune's state does not hold (asked for after Tune's
+          last save) would stay RUNNING forever: it is told FAIL, marked ``CUT_OFF_ATTR``.
+        """
+        super().restore(checkpoint_path)
+        finished = {t.number for t in self._ot_study.trials if t.state.is_finished()}
+        known = set()
+        for trial_id, ot_trial in self._ot_trials.items():
+            known.add(ot_trial.number)
+            if ot_trial.number in finished:
+                self._completed_trials.add(trial_id)
+        running = self._ot_study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        for lost in (t for t in running if t.number not in known):
+            self._ot_study._storage.set_trial_user_attr(lost._trial_id, CUT_OFF_ATTR, CUT_OFF)
+            self._ot_study.tell(lost.number, state=optuna.trial.TrialState.FAIL)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Record an intermediate value at the objective's step (final ones are told)."""
         if result.get(FINAL_KEY) or FAILED_KEY in result or trial_id in self._completed_trials:
@@ -63,11 +88,14 @@ class Searcher(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        """COMPLETE with the final value, FAIL on failure, PRUNED when stopped before the end."""
+        """COMPLETE with the final value, FAIL on failure, PRUNED when stopped before the end
+        (nothing for a trial whose Optuna record is finished already)."""
+        if trial_id in self._completed_trials:
+            return
         if result and FAILED_KEY in result:
             result, error = None, True
         stopped = not error and bool(result) and not result.get(FINAL_KEY)
-        if not stopped or trial_id in self._completed_trials:
+        if not stopped:
             super().on_trial_complete(trial_id, result, error)
             return
         ot_trial = self._ot_trials[trial_id]

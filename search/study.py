@@ -11,7 +11,15 @@ Layout of a study under ``storage_dir`` (absolute):
 Interrupting a study (Ctrl-C or SIGUSR1: Tune stops gracefully and saves its state) and calling
 ``tune(..., resume=True)`` again restores it: finished trials are kept as they were, trials cut
 off mid-way restart from scratch with the same config, and the search goes on to
-``num_samples``. Failed trials stay failed. Ray, Optuna, MLflow and pandas are imported lazily.
+``num_samples``. Failed trials stay failed.
+
+A driver killed outright (SIGKILL, a crash) saves nothing; ``resume=True`` then restores Tune's
+last periodic save (every ``SNAPSHOT_S`` seconds) and reconciles it with the journal, which
+Optuna writes at once (``backend.Searcher.restore``): a trial finished in the journal keeps its
+Optuna record (when Tune's save still had it running, Tune runs it again for its results table
+row), a journal trial that Tune's save did not hold yet is told FAIL if it was running or kept
+as it is if finished, and both appear in the trials table. MLflow runs that the killed driver
+left RUNNING end KILLED. Ray, Optuna, MLflow and pandas are imported lazily.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from search import tracking
 from search.objective import FAILED_KEY, FINAL_KEY, Objective, run_trial
-from search.space import Dimension, check_space, validate_point
+from search.space import Dimension, Fixed, check_space, validate_point
 
 if TYPE_CHECKING:
     import optuna
@@ -38,6 +46,9 @@ JOURNAL = "optuna.journal"
 STUDY_FILE = "search_study.json"
 ASHA_DEFAULTS = {"grace_period": 1, "reduction_factor": 3, "time_attr": "step"}
 STATUSES = ("completed", "stopped", "failed", "unfinished")
+# Seconds between Tune's saves of the experiment state (Ray's "auto" waits 10 s or more): what a
+# SIGKILL can lose from Tune's view; a save of a small study takes milliseconds.
+SNAPSHOT_S = 2
 
 
 @dataclass
@@ -135,6 +146,7 @@ def tune(
     from ray import tune as ray_tune
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_S))
     space = check_space(space)
     settings = _settings(metric, mode, num_samples, sampler, seed, asha, max_concurrent, name)
     storage_dir = Path(storage_dir).expanduser().resolve()
@@ -159,7 +171,7 @@ def tune(
         searcher = _searcher(space, settings, meta, points, sampler)
         tuner = _new_tuner(trainable, searcher, settings, meta, reuse_actors, verbose)
     grid = tuner.fit()
-    result = _collect(grid, meta, settings)
+    result = _collect(grid, meta, settings, space)
     if meta["mlflow_parent_run_id"]:
         tracking.close_parent(
             meta["mlflow_uri"], meta["mlflow_parent_run_id"], metric, result.best_value,
@@ -389,29 +401,39 @@ def _journal(path: Path) -> Any:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def _collect(grid: Any, meta: Mapping[str, Any], settings: Mapping[str, Any]) -> StudyResult:
-    """The study's outcome from Tune's results and Optuna's trial states."""
+def _collect(
+    grid: Any,
+    meta: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    space: Mapping[str, Dimension],
+) -> StudyResult:
+    """The study's outcome from Tune's results and Optuna's trial states, plus the finished
+    journal trials that Tune never saved (a killed driver's, see the module docstring)."""
     import pandas as pd
 
     from search.backend import TRIAL_ATTR
 
     journal = Path(meta["optuna_journal"])
-    optuna_trials = {
-        t.user_attrs.get(TRIAL_ATTR): t for t in _journal_study(journal, meta["study_name"]).trials
-    }
+    journal_trials = _journal_study(journal, meta["study_name"]).trials
+    optuna_trials = {t.user_attrs.get(TRIAL_ATTR): t for t in journal_trials}
     rows, configs = [], {}
     for result in grid:
         metrics = dict(result.metrics or {})
         trial_id = metrics.get("trial_id", "")
         configs[trial_id] = dict(metrics.get("config") or {})
         rows.append(_row(metrics, result.error, optuna_trials.get(trial_id), settings))
+    in_tune = len(rows)
+    for trial in journal_trials:
+        if trial.state.is_finished() and trial.user_attrs.get(TRIAL_ATTR) not in configs:
+            row, configs[row["trial_id"]] = _journal_row(trial, space, settings)
+            rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
         table = table.sort_values("number", na_position="last", kind="stable")
         table = table.reset_index(drop=True)
     best_id, best_value = _best(table, settings["metric"], settings["mode"])
     statuses = set(table["status"]) if not table.empty else set()
-    interrupted = len(rows) < settings["num_samples"] or "unfinished" in statuses
+    interrupted = in_tune < settings["num_samples"] or "unfinished" in statuses
     return StudyResult(
         name=meta["name"],
         study_name=meta["study_name"],
@@ -469,6 +491,34 @@ def _row(
     for key, value in (metrics.get("config") or {}).items():
         row[f"config/{key}"] = value
     return row
+
+
+def _journal_row(
+    trial: Any, space: Mapping[str, Dimension], settings: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trials-table line and config of a finished trial known only to the journal."""
+    from search.backend import CUT_OFF_ATTR, TRIAL_ATTR
+
+    status = {"COMPLETE": "completed", "PRUNED": "stopped"}.get(trial.state.name, "failed")
+    steps = max(trial.intermediate_values, default=0)
+    value = trial.value if trial.value is not None else trial.intermediate_values.get(steps)
+    config = {
+        name: dim.value if isinstance(dim, Fixed) else trial.params[name]
+        for name, dim in space.items()
+        if isinstance(dim, Fixed) or name in trial.params
+    }
+    ended, began = trial.datetime_complete, trial.datetime_start
+    row: dict[str, Any] = {
+        "trial_id": trial.user_attrs.get(TRIAL_ATTR, ""),
+        "number": trial.number,
+        "status": status,
+        settings["metric"]: math.nan if status == "failed" or value is None else value,
+        "steps": steps,
+        "time_s": (ended - began).total_seconds() if ended and began else math.nan,
+        "error": trial.user_attrs.get(CUT_OFF_ATTR, ""),
+    }
+    row.update({f"config/{key}": value for key, value in config.items()})
+    return row, config
 
 
 def _best(table: pd.DataFrame, metric: str, mode: str) -> tuple[str | None, float | None]:

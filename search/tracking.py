@@ -23,6 +23,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 PARENT_TAG = "mlflow.parentRunId"  # what nests a child run under its parent in the MLflow UI
 STATUS_TAG = "search.status"
 TRIAL_TAG = "search.trial_id"
+# MLflow 3's UI opens an experiment on its kind's page: GenAI experiments (and unmarked ones
+# without runs yet) on the traces "Overview", custom model development ones on their runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+RUNS_KIND = "custom_model_development"
 # Limits of MLflow 3.17 (mlflow.utils.validation); tests/test_tracking.py checks they still hold.
 PARAM_VALUE_LIMIT = 6000
 PARAMS_PER_BATCH = 100
@@ -79,9 +83,12 @@ def open_parent(
     found = mlflow_client.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
+        mark_runs_kind(mlflow_client, found)
     else:
         experiment_id = mlflow_client.create_experiment(
-            experiment, artifact_location=Path(artifact_dir).resolve().as_uri()
+            experiment,
+            artifact_location=Path(artifact_dir).resolve().as_uri(),
+            tags={EXPERIMENT_KIND_TAG: RUNS_KIND},
         )
     run = mlflow_client.create_run(
         experiment_id, run_name=study_name, tags={"search.study": study_name}
@@ -90,9 +97,20 @@ def open_parent(
     return experiment_id, run.info.run_id
 
 
+def mark_runs_kind(mlflow_client: Any, experiment: Any) -> None:
+    """Tag an existing experiment (an MLflow ``Experiment``) as one of runs, so that the UI
+    opens it on its runs page; a kind already set (by the user) is kept."""
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, RUNS_KIND)
+
+
 def reopen_parent(uri: str, run_id: str) -> None:
-    """Mark a resumed study's parent run as running again."""
-    client(uri).update_run(run_id, status="RUNNING")
+    """Mark a resumed study's parent run as running again; children that a killed driver left
+    RUNNING (it could not end them) end KILLED, as ``close_parent`` ends an interrupted one's."""
+    mlflow_client = client(uri)
+    for child in open_children(mlflow_client, run_id):
+        mlflow_client.set_terminated(child, "KILLED")
+    mlflow_client.update_run(run_id, status="RUNNING")
 
 
 def close_parent(
