@@ -129,6 +129,8 @@ def _run_and_summarise(config: Any, resume: bool, progress: bool) -> None:
     if config.tracking.enabled:
         tracker = Tracker(config.tracking.uri, config.tracking.experiment, output, enabled=True)
         print(f"browse:   {tracker.ui_command()}")
+        if url := tracker.runs_url():
+            print(f"runs:     {url}  (the experiment's runs in that UI)")
 
 
 def _tune(args: argparse.Namespace) -> None:

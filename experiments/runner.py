@@ -187,7 +187,7 @@ def run_experiment(
         config.tracking.uri, config.tracking.experiment, output, config.tracking.enabled
     )
     _start_ray_if_needed(config)  # while mlflow imports in the background
-    tracker.start(config.name, config.to_dict(), tags={"output": str(output)})
+    tracker.start(config.name, config.to_dict(), tags={"output": str(output)}, resume=resume)
     bar = _progress_bar(progress, len(config.tasks) * len(config.methods) * len(data.names))
     groups: list[_Group] = []
     status = "FAILED"
@@ -234,6 +234,9 @@ def run_experiment(
             tracker.log_artifact(path, "report")
         tracker.log_artifact(results_path)
         status = "FINISHED"
+    except KeyboardInterrupt:  # Ctrl-C: the runs end KILLED, and --resume continues them
+        status = "KILLED"
+        raise
     finally:
         ensemble.release_workers()
         bar.close()

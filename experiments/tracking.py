@@ -25,6 +25,7 @@ stays light.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import os
 import shlex
@@ -42,12 +43,15 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from search.tracking import (
+    EXPERIMENT_KIND_TAG,
     METRICS_PER_BATCH,
     PARAMS_PER_BATCH,
     PARENT_TAG,
+    RUNS_KIND,
     SQLITE_PREFIX,
     absolute_sqlite,
     flatten_params,
+    mark_runs_kind,
     metric_key,
 )
 
@@ -56,6 +60,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Stores reached through a server: MLflow (not this process) decides where artifacts go.
 REMOTE_SCHEMES = frozenset({"http", "https", "databricks"})
 DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+RUNS_FILE = "mlflow_runs.json"  # in the output folder: the ids of its parent and child runs
+UI_ADDRESS = "http://127.0.0.1:5000"  # where ``Tracker.ui_command`` serves the UI
 
 
 def default_tracking_uri(output: str | Path) -> str:
@@ -340,7 +346,11 @@ class Tracker:
     """One parent run and its child runs in one MLflow experiment.
 
     Nothing touches MLflow before ``start()`` (constructing a tracker to print ``ui_command()``
-    is free). With ``enabled=False`` every method is a cheap no-op.
+    is free). With ``enabled=False`` every method is a cheap no-op. The run ids are kept in
+    ``OUTPUT/mlflow_runs.json`` (``RUNS_FILE``), so that a resumed run continues the same
+    parent and children (``start(..., resume=True)``) and every image's artifacts end up in
+    one tree. The experiment is tagged as one of runs (``mlflow.experimentKind``), so that the
+    MLflow 3 UI opens it on its runs, not on the GenAI overview.
     """
 
     def __init__(
@@ -354,6 +364,7 @@ class Tracker:
         self._clock = _Clock()
         self._client: Any = None
         self._parent = ChildRun(None, "", self._clock)
+        self._children: dict[str, str] = {}  # child run name -> run id
 
     @property
     def run_id(self) -> str:
@@ -366,9 +377,20 @@ class Tracker:
         return self._clock.seconds
 
     def start(
-        self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None
+        self,
+        run_name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+        resume: bool = False,
     ) -> str:
-        """Create the parent run with its params and tags; returns its id."""
+        """Create the parent run with its params and tags; returns its id.
+
+        Runs of the output's record (``RUNS_FILE``, same store and experiment) still RUNNING
+        were left so by a killed process: they end KILLED. With ``resume`` the recorded parent
+        is continued instead (RUNNING again, and ``child`` continues its children); it gets
+        only the params it does not hold yet (MLflow params cannot change; a resume's config
+        changes are recorded in the output folder).
+        """
         if not self.enabled:
             return ""
         if self.run_id:
@@ -376,11 +398,18 @@ class Tracker:
         with self._clock.timed():
             self._client = self._connect()
             self.experiment_id = self._experiment_id()
-            run = self._client.create_run(
-                self.experiment_id, run_name=run_name, tags=dict(tags or {})
-            )
+            stored = self._stored_runs()
+            self._close_stale(stored)
+            run = self._reopen(stored.get("parent", "")) if resume else None
+            if run is not None:
+                self._children = dict(stored.get("children", {}))
+            else:
+                run = self._client.create_run(
+                    self.experiment_id, run_name=run_name, tags=dict(tags or {})
+                )
+            self._save_runs(run.info.run_id)
         self._parent = ChildRun(self._client, run.info.run_id, self._clock)
-        self._parent.log_params(params)
+        self._parent.log_params(_not_held(params, run))
         return self.run_id
 
     def child(
@@ -389,19 +418,24 @@ class Tracker:
         params: Mapping[str, Any],
         tags: Mapping[str, str] | None = None,
     ) -> ChildRun:
-        """A run nested under the parent, with its params; use it as a context manager."""
+        """A run nested under the parent, with its params; use it as a context manager. A
+        resumed parent's child of the same name is continued (params as in ``start``)."""
         if not self.enabled:
             return ChildRun(None, "", self._clock)
         if not self.run_id:
             raise RuntimeError("start() the parent run before creating children")
         with self._clock.timed():
-            run = self._client.create_run(
-                self.experiment_id,
-                run_name=run_name,
-                tags={**(tags or {}), PARENT_TAG: self.run_id},
-            )
+            run = self._reopen(self._children.get(run_name, ""))
+            if run is None:
+                run = self._client.create_run(
+                    self.experiment_id,
+                    run_name=run_name,
+                    tags={**(tags or {}), PARENT_TAG: self.run_id},
+                )
+            self._children[run_name] = run.info.run_id
+            self._save_runs(self.run_id)
         child = ChildRun(self._client, run.info.run_id, self._clock)
-        child.log_params(params)
+        child.log_params(_not_held(params, run))
         return child
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -434,6 +468,84 @@ class Tracker:
             command = f"MLFLOW_ALLOW_FILE_STORE=true {command}"
         return f"{command} --port 5000"
 
+    def runs_url(self) -> str:
+        """The address of the experiment's runs page in the UI that ``ui_command`` opens
+        (``#/experiments/ID/runs``); "" when tracking is off, on Databricks, or while the
+        experiment does not exist yet."""
+        if not self.enabled or self.uri.startswith("databricks"):
+            return ""
+        experiment_id = self.experiment_id or self._existing_experiment_id()
+        if not experiment_id:
+            return ""
+        server = self.uri.startswith(("http://", "https://"))
+        address = self.uri.rstrip("/") if server else UI_ADDRESS
+        return f"{address}/#/experiments/{experiment_id}/runs"
+
+    def _existing_experiment_id(self) -> str:
+        """The experiment's id in the store, without creating the store or the experiment."""
+        if self.uri.startswith(SQLITE_PREFIX):
+            database = self.uri[len(SQLITE_PREFIX) :].partition("?")[0]
+            if not Path(database).is_file():
+                return ""
+        wait_for_background_import()
+        from mlflow.tracking import MlflowClient
+
+        found = MlflowClient(tracking_uri=self.uri).get_experiment_by_name(self.experiment)
+        return found.experiment_id if found is not None else ""
+
+    def _stored_runs(self) -> dict[str, Any]:
+        """The output's record of run ids, if it is of this store and experiment."""
+        try:
+            stored = json.loads((self.output / RUNS_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        if stored.get("uri") != self.uri or stored.get("experiment_id") != self.experiment_id:
+            return {}
+        return stored
+
+    def _save_runs(self, parent: str) -> None:
+        """Record the parent's and children's ids in the output folder (atomically)."""
+        record = {
+            "uri": self.uri,
+            "experiment": self.experiment,
+            "experiment_id": self.experiment_id,
+            "parent": parent,
+            "children": self._children,
+        }
+        self.output.mkdir(parents=True, exist_ok=True)
+        temp = self.output / f"{RUNS_FILE}.tmp"
+        temp.write_text(json.dumps(record, indent=2))
+        os.replace(temp, self.output / RUNS_FILE)
+
+    def _close_stale(self, stored: Mapping[str, Any]) -> None:
+        """End KILLED the recorded runs still RUNNING (their process was killed)."""
+        for run_id in (stored.get("parent", ""), *stored.get("children", {}).values()):
+            run = self._get_run(run_id)
+            if run is not None and run.info.status == "RUNNING":
+                self._client.set_terminated(run_id, "KILLED")
+
+    def _reopen(self, run_id: str) -> Any:
+        """The recorded run ``run_id`` marked RUNNING again, or None when it is gone (deleted,
+        or in another experiment)."""
+        run = self._get_run(run_id)
+        if run is None or run.info.lifecycle_stage != "active":
+            return None
+        if run.info.experiment_id != self.experiment_id:
+            return None
+        self._client.update_run(run_id, status="RUNNING")
+        return run
+
+    def _get_run(self, run_id: str) -> Any:
+        """The run ``run_id`` of this store, or None if there is none."""
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            return None
+        try:
+            return self._client.get_run(run_id)
+        except MlflowException:
+            return None
+
     def _connect(self) -> Any:
         """An MlflowClient bound to this tracker's URI (no global MLflow state is touched)."""
         wait_for_background_import()
@@ -452,7 +564,16 @@ class Tracker:
         if found is None:
             scheme = self.uri.partition(":")[0].lower()
             location = None if scheme in REMOTE_SCHEMES else str(self.output / "mlartifacts")
-            return self._client.create_experiment(self.experiment, artifact_location=location)
+            return self._client.create_experiment(
+                self.experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: RUNS_KIND}
+            )
         if found.lifecycle_stage == "deleted":
             self._client.restore_experiment(found.experiment_id)
+        mark_runs_kind(self._client, found)
         return found.experiment_id
+
+
+def _not_held(params: Mapping[str, Any], run: Any) -> dict[str, str]:
+    """``params`` flattened, less those the (continued) ``run`` holds already."""
+    held = run.data.params
+    return {key: value for key, value in flatten_params(params).items() if key not in held}

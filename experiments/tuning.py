@@ -63,6 +63,8 @@ class StudyOutcome:
         if result.mlflow_uri:
             tracker = Tracker(result.mlflow_uri, config.tracking.experiment, config.output)
             lines.append(f"mlflow:    {tracker.ui_command()}")
+            if url := tracker.runs_url():
+                lines.append(f"runs:      {url}")
         lines.append(f"optuna:    {search_pkg.optuna_dashboard_command(result)}")
         return "\n".join(lines)
 
