@@ -106,17 +106,22 @@ class Searcher(OptunaSearch):
 
 
 class MLflowTrials(Callback):
-    """One MLflow child run per trial under the study's parent run, written from the driver."""
+    """One MLflow child run per trial under the study's parent run, written from the driver.
+
+    Restored (a resumed study), it leaves out the trials whose child run had ended already:
+    Tune runs such a trial again when a killed driver finished it after Tune's last save.
+    """
 
     def __init__(self, uri: str, experiment_id: str, parent_id: str, step_key: str) -> None:
         self.uri, self.experiment_id, self.parent_id = uri, experiment_id, parent_id
         self.step_key = step_key
         self._runs: dict[str, str] = {}
         self._client: Any = None
+        self._recorded: set[str] | None = set()  # trials not logged again; None: not read yet
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled with the Tuner: settings only, no client and no run handles."""
-        return {**self.__dict__, "_client": None, "_runs": {}}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_recorded": None}
 
     @property
     def client(self) -> Any:
@@ -127,6 +132,8 @@ class MLflowTrials(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Open the trial's child run (a restarted trial gets a fresh one)."""
+        if self._skip(trial):
+            return
         self._runs[trial.trial_id] = tracking.start_child(
             self.client, self.experiment_id, self.parent_id, trial.trial_id, trial.config
         )
@@ -135,12 +142,16 @@ class MLflowTrials(Callback):
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
         """Log the report's metrics at its step."""
+        if self._skip(trial):
+            return
         metrics = {k: v for k, v in result.items() if k != self.step_key}
         tracking.log_result(self.client, self._run(trial), metrics, int(result[self.step_key]))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """End the run: completed if the final result arrived, failed if the objective failed,
         otherwise stopped early."""
+        if self._skip(trial):
+            return
         last = trial.last_result
         if FAILED_KEY in last:
             run_id = self._take(trial)
@@ -151,8 +162,16 @@ class MLflowTrials(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """End the run FAILED with the error (Tune-level errors: the trial process died)."""
+        if self._skip(trial):
+            return
         text = _error_text(trial)
         tracking.end_child(self.client, self._take(trial), "failed", last_error_line(text), text)
+
+    def _skip(self, trial: Any) -> bool:
+        """Whether the trial's child run ended before this driver (nothing more is logged)."""
+        if self._recorded is None:
+            self._recorded = tracking.ended_trials(self.client, self.parent_id)
+        return trial.trial_id in self._recorded
 
     def _take(self, trial: Any) -> str:
         """The trial's run id, forgotten by this callback (the run is ending)."""

@@ -18,8 +18,9 @@ last periodic save (every ``SNAPSHOT_S`` seconds) and reconciles it with the jou
 Optuna writes at once (``backend.Searcher.restore``): a trial finished in the journal keeps its
 Optuna record (when Tune's save still had it running, Tune runs it again for its results table
 row), a journal trial that Tune's save did not hold yet is told FAIL if it was running or kept
-as it is if finished, and both appear in the trials table. MLflow runs that the killed driver
-left RUNNING end KILLED. Ray, Optuna, MLflow and pandas are imported lazily.
+as it is if finished, and both appear in the trials table. MLflow child runs that the killed
+driver left RUNNING end as the journal says (KILLED if unfinished), and a trial Tune runs again
+is not logged twice. Ray, Optuna, MLflow and pandas are imported lazily.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ JOURNAL = "optuna.journal"
 STUDY_FILE = "search_study.json"
 ASHA_DEFAULTS = {"grace_period": 1, "reduction_factor": 3, "time_attr": "step"}
 STATUSES = ("completed", "stopped", "failed", "unfinished")
+OPTUNA_STATUS = {"COMPLETE": "completed", "PRUNED": "stopped", "FAIL": "failed"}  # finished
 # Seconds between Tune's saves of the experiment state (Ray's "auto" waits 10 s or more): what a
 # SIGKILL can lose from Tune's view; a save of a small study takes milliseconds.
 SNAPSHOT_S = 2
@@ -161,7 +163,9 @@ def tune(
         meta = _load_meta(experiment, settings)
         tuner = ray_tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True)
         if meta["mlflow_parent_run_id"]:
-            tracking.reopen_parent(meta["mlflow_uri"], meta["mlflow_parent_run_id"])
+            tracking.reopen_parent(
+                meta["mlflow_uri"], meta["mlflow_parent_run_id"], _outcomes(meta)
+            )
     else:
         from search.backend import make_sampler
 
@@ -451,6 +455,18 @@ def _collect(
     )
 
 
+def _outcomes(meta: Mapping[str, Any]) -> dict[str, str]:
+    """Tune trial id -> status of the trials whose Optuna record is finished."""
+    from search.backend import TRIAL_ATTR
+
+    trials = _journal_study(Path(meta["optuna_journal"]), meta["study_name"]).trials
+    return {
+        t.user_attrs[TRIAL_ATTR]: OPTUNA_STATUS[t.state.name]
+        for t in trials
+        if t.state.is_finished() and TRIAL_ATTR in t.user_attrs
+    }
+
+
 def _journal_study(journal: Path, study_name: str) -> Any:
     """The Optuna study in ``journal``."""
     import optuna
@@ -499,7 +515,7 @@ def _journal_row(
     """The trials-table line and config of a finished trial known only to the journal."""
     from search.backend import CUT_OFF_ATTR, TRIAL_ATTR
 
-    status = {"COMPLETE": "completed", "PRUNED": "stopped"}.get(trial.state.name, "failed")
+    status = OPTUNA_STATUS[trial.state.name]
     steps = max(trial.intermediate_values, default=0)
     value = trial.value if trial.value is not None else trial.intermediate_values.get(steps)
     config = {

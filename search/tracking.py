@@ -104,12 +104,18 @@ def mark_runs_kind(mlflow_client: Any, experiment: Any) -> None:
         mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, RUNS_KIND)
 
 
-def reopen_parent(uri: str, run_id: str) -> None:
-    """Mark a resumed study's parent run as running again; children that a killed driver left
-    RUNNING (it could not end them) end KILLED, as ``close_parent`` ends an interrupted one's."""
+def reopen_parent(uri: str, run_id: str, outcomes: Mapping[str, str]) -> None:
+    """Mark a resumed study's parent run as running again. Children that a killed driver left
+    RUNNING (it could not end them) end as their trial's Optuna record says (``outcomes``:
+    trial id -> completed | stopped | failed), KILLED if it is unfinished (as ``close_parent``
+    ends an interrupted study's)."""
     mlflow_client = client(uri)
-    for child in open_children(mlflow_client, run_id):
-        mlflow_client.set_terminated(child, "KILLED")
+    for child in _children(mlflow_client, run_id, "RUNNING"):
+        outcome = outcomes.get(child.data.tags.get(TRIAL_TAG, ""))
+        if outcome is None:
+            mlflow_client.set_terminated(child.info.run_id, "KILLED")
+        else:
+            end_child(mlflow_client, child.info.run_id, outcome)
     mlflow_client.update_run(run_id, status="RUNNING")
 
 
@@ -135,13 +141,26 @@ def close_parent(
 
 def open_children(mlflow_client: Any, parent_id: str) -> list[str]:
     """Run ids of the parent's children that are still RUNNING."""
+    return [run.info.run_id for run in _children(mlflow_client, parent_id, "RUNNING")]
+
+
+def ended_trials(mlflow_client: Any, parent_id: str) -> set[str]:
+    """Trial ids of the parent's children that ended FINISHED or FAILED (not KILLED)."""
+    runs = [
+        *_children(mlflow_client, parent_id, "FINISHED"),
+        *_children(mlflow_client, parent_id, "FAILED"),
+    ]
+    return {run.data.tags[TRIAL_TAG] for run in runs if TRIAL_TAG in run.data.tags}
+
+
+def _children(mlflow_client: Any, parent_id: str, status: str) -> list[Any]:
+    """The parent's child runs in ``status``."""
     parent = mlflow_client.get_run(parent_id)
-    runs = mlflow_client.search_runs(
+    return mlflow_client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'",
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = '{status}'",
         max_results=5000,
     )
-    return [run.info.run_id for run in runs]
 
 
 def start_child(

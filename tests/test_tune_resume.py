@@ -107,6 +107,8 @@ def test_a_study_killed_with_sigkill_resumes_keeping_its_finished_trials(
         row = trials[trials["number"] == kept.number]
         assert list(row["status"]) == ["completed"]
         assert row["sliced_wasserstein"].item() == pytest.approx(value, rel=1e-9)
+    url = f"http://127.0.0.1:5000/#/experiments/{meta['mlflow_experiment_id']}/runs"
+    assert f"runs:      {url}" in printed.getvalue()  # item 10: the study's runs page
     client = MlflowClient(meta["mlflow_uri"])
     parent = client.get_run(meta["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED"
@@ -169,3 +171,58 @@ def test_a_restored_searcher_keeps_finished_trials_and_fails_lost_ones(tmp_path:
         "c", 2, "completed", 0.125, 2,
     )  # fmt: skip
     assert config == {"x": c.params["x"], "width": 8} and row["config/x"] == c.params["x"]
+
+
+def test_a_resumed_study_ends_the_runs_a_killed_driver_left_and_logs_no_trial_twice(
+    tmp_path: Path,
+) -> None:
+    import pickle
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from search import backend
+    from search import tracking as search_tracking
+    from search.objective import FINAL_KEY
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id, parent = search_tracking.open_parent(uri, "s", "s-1", {}, tmp_path / "art")
+    callback = backend.MLflowTrials(uri, experiment_id, parent, "step")
+    final = {"loss": 1.0, "step": 1, FINAL_KEY: True}
+    trials = {
+        name: SimpleNamespace(trial_id=name, config={"x": 0.5}, last_result=final)
+        for name in ("done", "cut", "lost")
+    }
+    for trial in trials.values():
+        callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trials["done"], final)
+    callback.on_trial_complete(0, [], trials["done"])
+    # the driver is killed: "cut" and "lost" stay RUNNING, though Optuna finished "lost"
+    search_tracking.reopen_parent(uri, parent, {"done": "completed", "lost": "completed"})
+    client = MlflowClient(uri)
+
+    def children() -> dict[str, list[Any]]:
+        runs = client.search_runs(
+            [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'"
+        )
+        found: dict[str, list[Any]] = {}
+        for run in runs:
+            found.setdefault(run.data.tags["search.trial_id"], []).append(run)
+        return found
+
+    ended = {name: [(r.info.status, r.data.tags["search.status"]) for r in runs]
+             for name, runs in children().items()}  # fmt: skip
+    assert ended == {
+        "done": [("FINISHED", "completed")],
+        "cut": [("KILLED", "running")],
+        "lost": [("FINISHED", "completed")],
+    }
+    assert client.get_run(parent).info.status == "RUNNING"
+    restored = pickle.loads(pickle.dumps(callback))  # as Tune restores it
+    for name in ("done", "cut"):  # Tune runs both again: "done" finished after its last save
+        restored.on_trial_start(0, [], trials[name])
+        restored.on_trial_result(0, [], trials[name], {**final, "loss": 9.0})
+        restored.on_trial_complete(0, [], trials[name])
+    runs = children()
+    assert len(runs["done"]) == 1 and runs["done"][0].data.metrics["loss"] == 1.0
+    assert sorted(r.info.status for r in runs["cut"]) == ["FINISHED", "KILLED"]
