@@ -2,11 +2,15 @@
 
 Both backends expose ``call(method, args)``: the same method on every group with per-group
 arguments, returning the per-group results in group order (one barrier). A Ray actor that dies
-raises ``WorkerLostError``; ``respawn`` replaces dead actors with fresh, unstarted ones.
+raises ``WorkerLostError``; ``respawn`` replaces dead actors with fresh, unstarted ones. An
+actor that cannot build its group (prior, operator, solver) raises ``WorkerStartError`` instead,
+and an exception raised by a group's method is re-raised as itself: both would repeat on a
+fresh actor. Ray's terminal colour codes never reach the messages.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,8 +23,32 @@ from ensemble.spec import EnsembleSpec
 _IDLE: dict[str, list[Any]] = {}
 
 
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 class WorkerLostError(RuntimeError):
     """A worker process died during a call; the run rolls back to its last checkpoint."""
+
+
+class WorkerStartError(RuntimeError):
+    """A Ray worker raised while building its particle group (loading the prior, building the
+    operator or the solver): not a lost worker, since a fresh one would raise the same."""
+
+
+def strip_terminal_codes(text: str) -> str:
+    """``text`` without ANSI terminal codes (Ray colours the tracebacks it forwards)."""
+    return _TERMINAL_CODES.sub("", text)
+
+
+def raised_in_worker(message: str) -> str:
+    """The exception line(s) closing a traceback Ray forwards as text (``Type: message``), for
+    an actor whose ``__init__`` raised: Ray keeps only the formatted traceback."""
+    lines = [line for line in strip_terminal_codes(message).splitlines() if line.strip()]
+    frames = [i for i, line in enumerate(lines) if line.lstrip().startswith('File "')]
+    tail = lines[frames[-1] + 1 :] if frames else lines[-1:]
+    while len(tail) > 1 and tail[0].startswith((" ", "\t")):  # the frame's source, ^^^ marks
+        tail.pop(0)
+    return " ".join(line.strip() for line in tail)
 
 
 def slot_partition(sizes: Sequence[int]) -> list[list[int]]:
@@ -91,7 +119,15 @@ class RayBackend:
         try:
             return self.ray.get(refs)
         except self.ray.exceptions.RayActorError as err:
-            raise WorkerLostError(f"a worker died during {method}: {err}") from err
+            if getattr(err, "_actor_init_failed", False):  # Ray's flag: its __init__ raised
+                raise WorkerStartError(
+                    f"a Ray worker could not start: {raised_in_worker(str(err))}"
+                ) from err
+            raise WorkerLostError(
+                f"a worker died during {method}: {strip_terminal_codes(str(err))}"
+            ) from err
+        except self.ray.exceptions.RayTaskError as err:  # the method raised: the same again
+            raise err.cause from err
 
     def respawn(self) -> list[int]:
         """Replace dead actors by fresh ones; returns the replaced group numbers."""

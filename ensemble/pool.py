@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-import re
+import logging
 import time
 import uuid
 from collections.abc import Hashable, Iterator
@@ -29,13 +29,18 @@ from typing import Any
 
 import torch
 
-from ensemble.backends import LocalBackend, release_workers, slot_partition
+from ensemble.backends import (
+    LocalBackend,
+    release_workers,
+    slot_partition,
+    strip_terminal_codes,
+)
 from ensemble.group import ParticleGroup, worker_key
 from ensemble.ray_runtime import ensure_ray
 from ensemble.run import Ensemble, EnsembleResult
 from ensemble.spec import EnsembleSpec
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_log = logging.getLogger("dipswarm.ensemble")
 
 
 @dataclass(frozen=True)
@@ -387,6 +392,10 @@ class JobPool:
             if actor is not None:
                 self._kill(actor)
             if job.attempts < self.max_attempts:
+                _log.warning(
+                    f"dipswarm: job {job.key!r} lost its worker ({running.worker}); running it "
+                    f"again (attempt {job.attempts + 1} of {self.max_attempts})"
+                )
                 self._enqueue(job, front=True)
                 return None
             error = f"lost its worker {job.attempts} times; last: {_message(err)}"
@@ -435,4 +444,4 @@ def _message(err: Exception) -> str:
     else:
         lines = [line for line in str(err).splitlines() if line.strip()]
         text = f"{type(err).__name__}: {lines[0] if lines else ''}"
-    return _ANSI.sub("", text).strip()
+    return strip_terminal_codes(text).strip()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -39,6 +40,8 @@ from ensemble.interaction import (
 from ensemble.payload import concat_payloads, nbytes, take_rows
 from ensemble.spec import EnsembleSpec
 from solvers.base import STATUS_NAMES, STATUS_OK, particle_seed
+
+_log = logging.getLogger("dipswarm.ensemble")
 
 CHECKPOINT_FILE = "ensemble_checkpoint.pt"
 _SMC_SALT = 0x5EC
@@ -157,7 +160,7 @@ class Ensemble:
                 try:
                     self._step(driver)
                 except WorkerLostError:
-                    driver = self._recover(snapshot)
+                    driver = self._recover(snapshot, driver.step)
                     progress.reset(total=self.num_steps)
                     progress.update(driver.step)
                     continue
@@ -388,8 +391,9 @@ class Ensemble:
         payloads = [take_rows(snapshot["particles"], part) for part in backend.partition]
         backend.call("restore", [(p,) for p in payloads])
 
-    def _recover(self, snapshot: dict[str, Any]) -> DriverState:
-        """Replace dead workers and roll every group back to the last snapshot."""
+    def _recover(self, snapshot: dict[str, Any], step: int) -> DriverState:
+        """Replace dead workers and roll every group back to the last snapshot (one line on the
+        ``dipswarm.ensemble`` logger says so)."""
         self.restarts += 1
         if self.restarts > self.settings.max_restarts:
             raise RuntimeError(
@@ -397,8 +401,15 @@ class Ensemble:
                 f"{self.settings.max_restarts}); the last checkpoint is kept"
                 + (f" in {self.settings.checkpoint_dir}" if self.settings.checkpoint_dir else "")
             )
-        self._backend().respawn()
+        replaced = self._backend().respawn()
         self._restore(snapshot)
+        back = snapshot["driver"].step
+        _log.warning(
+            f"dipswarm: Ray worker {', '.join(map(str, replaced)) or '?'} of "
+            f"{len(self._backend().partition)} died at step {step} of {self.num_steps}; "
+            f"replaced, continuing from step {back} (restart {self.restarts} of at most "
+            f"{self.settings.max_restarts})"
+        )
         return copy.deepcopy(snapshot["driver"])
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
