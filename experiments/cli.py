@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from experiments.cli_help import HelpFormatter, listing, module_summary
 
 # benchmark name -> module with a ``main(argv)`` function
 BENCHMARKS: dict[str, str] = {
@@ -56,17 +60,30 @@ def _train_prior(args: argparse.Namespace) -> None:
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
-def _run(args: argparse.Namespace) -> None:
+# exit status of run and demo when the run finished but some image failed (errors.log says why)
+EXIT_IMAGES_FAILED = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), run, demo and tune alike
+EXIT_CODES = (
+    "Exit status: 0 every image finished; 1 the config, the output folder or a worker could "
+    f"not start the run (one line says why); 2 bad arguments; {EXIT_IMAGES_FAILED} the run "
+    f"finished but some image failed (see OUTPUT/errors.log); {EXIT_INTERRUPTED} interrupted "
+    "(Ctrl-C): finished images are kept, --resume continues."
+)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ensemble.backends import WorkerStartError
     from experiments.config import ConfigError, load_config
 
     try:
         config = load_config(_config_path(args.config), _with_address(args))
-        _run_and_summarise(config, args.resume, not args.no_progress)
-    except ConfigError as err:  # raised before any work starts: one line, no traceback
+        return _run_and_summarise(config, args.resume, not args.no_progress)
+    except (ConfigError, FileExistsError, WorkerStartError) as err:  # one line, no traceback
         raise SystemExit(f"dipswarm run: {err}") from None
 
 
-def _demo(args: argparse.Namespace) -> None:
+def _demo(args: argparse.Namespace) -> int:
+    from ensemble.backends import WorkerStartError
     from experiments.config import ConfigError, load_config
 
     overrides = [f"output={_demo_output(args.output, args.resume)}", *args.overrides]
@@ -76,8 +93,8 @@ def _demo(args: argparse.Namespace) -> None:
             f"dipswarm demo: prior {config.prior!r}, {len(config.tasks)} tasks x "
             f"{len(config.methods)} methods x {config.data.images} test images -> {config.output}"
         )
-        _run_and_summarise(config, resume=args.resume, progress=True)
-    except ConfigError as err:  # raised before any work starts: one line, no traceback
+        return _run_and_summarise(config, resume=args.resume, progress=True)
+    except (ConfigError, FileExistsError, WorkerStartError) as err:  # one line, no traceback
         raise SystemExit(f"dipswarm demo: {err}") from None
 
 
@@ -110,7 +127,8 @@ def _is_stamp(name: str) -> bool:
     return True
 
 
-def _run_and_summarise(config: Any, resume: bool, progress: bool) -> None:
+def _run_and_summarise(config: Any, resume: bool, progress: bool) -> int:
+    """Run, print the summary; the exit status (``EXIT_IMAGES_FAILED`` if an image failed)."""
     from experiments.report import load_results, markdown_table, summary_table
     from experiments.runner import run_experiment
     from experiments.tracking import Tracker
@@ -131,9 +149,10 @@ def _run_and_summarise(config: Any, resume: bool, progress: bool) -> None:
         print(f"browse:   {tracker.ui_command()}")
         if url := tracker.runs_url():
             print(f"runs:     {url}  (the experiment's runs in that UI)")
+    return EXIT_IMAGES_FAILED if failed else 0
 
 
-def _tune(args: argparse.Namespace) -> None:
+def _tune(args: argparse.Namespace) -> int:
     from experiments.config import ConfigError
     from experiments.tune_config import load_tune_config
     from experiments.tuning import run_study
@@ -154,6 +173,19 @@ def _tune(args: argparse.Namespace) -> None:
         raise SystemExit(f"dipswarm tune: {err}") from None
     print()
     print(outcome.summary())
+    if outcome.result.interrupted:  # Ray Tune stopped the study on Ctrl-C and saved it
+        print(_interrupted(args), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """The line after Ctrl-C: what is kept and, for run, demo and tune, how to continue."""
+    if args.command not in ("run", "demo", "tune"):
+        return f"dipswarm {args.command}: interrupted"
+    words = [*args.argv, *([] if "--resume" in args.argv else ["--resume"])]
+    kept = "finished trials are kept" if args.command == "tune" else "finished images are kept"
+    return f"dipswarm {args.command}: interrupted; {kept}; continue: dipswarm {shlex.join(words)}"
 
 
 def _with_address(args: argparse.Namespace) -> list[str]:
@@ -176,17 +208,20 @@ def _config_path(name: str) -> Path:
 def _config_command(
     commands: Any,
     name: str,
-    handler: Callable[[argparse.Namespace], None],
+    handler: Callable[[argparse.Namespace], int],
     resume: str,
     progress: str,
     **texts: str,
 ) -> None:
-    """A subcommand on a config (run, tune): its ``help`` and ``description`` texts, the config,
-    overrides, --resume and --no-progress arguments and its handler."""
-    parser = commands.add_parser(name, **texts)
+    """A subcommand on a config (run, tune): its ``help``, ``description`` and ``epilog``
+    texts, the config, overrides, --resume, --no-progress and --verbose arguments and its
+    handler."""
+    parser = commands.add_parser(name, formatter_class=HelpFormatter, **texts)
     parser.set_defaults(handler=handler)
     parser.add_argument("config", help="YAML file, or the name of a built-in config")
-    parser.add_argument("overrides", nargs="*", help="field.path=value overrides")
+    parser.add_argument(
+        "overrides", nargs="*", default=[], help="optional field.path=value overrides"
+    )
     parser.add_argument("--resume", action="store_true", help=resume)
     parser.add_argument(
         "--address",
@@ -195,6 +230,15 @@ def _config_command(
         "'ray://HEAD:10001' (Ray Client); the same as the override ensemble.address=ADDRESS",
     )
     parser.add_argument("--no-progress", action="store_true", help=progress)
+    _verbose_option(parser)
+
+
+def _verbose_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's, Ray Tune's and Optuna's own messages (quiet otherwise)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,14 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dipswarm",
         description="Diffusion-prior posterior sampling for imaging inverse problems.",
+        formatter_class=HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    benchmarks = {name: module_summary(module) for name, module in sorted(BENCHMARKS.items())}
     bench = commands.add_parser(
         "bench",
         help="run a benchmark and print its table",
-        description="Run a benchmark; options after the name go to the benchmark itself.",
+        description="Run a benchmark; options after the name go to the benchmark itself "
+        "(dipswarm bench NAME --help lists them).",
+        epilog=f"benchmarks:\n\n{listing(benchmarks)}",
+        formatter_class=HelpFormatter,
     )
-    bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
+    bench.add_argument(
+        "name", choices=sorted(BENCHMARKS), metavar="NAME", help="which benchmark (below)"
+    )
     bench.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark")
     bench.set_defaults(handler=_bench)
 
@@ -222,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an experiment config (dataset x tasks x methods)",
         description="Run an ExperimentConfig from YAML; overrides are dotted field paths, e.g. "
         "ensemble.particles=8 methods.daps.overrides.mcmc_steps=50 data.images=10.",
+        epilog=EXIT_CODES,
     )
 
     _config_command(
@@ -237,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. search.num_samples=8 search.narrow.lr=[1.0e-5,1.0e-3] data.images=2. Prints "
         "progress, the best config, its YAML preset (for dipswarm run) and how to browse the "
         "study in MLflow and optuna-dashboard.",
+        epilog=f"Exit status: 0 the study ran; 1 the config could not start it (one line says "
+        f"why); 2 bad arguments; {EXIT_INTERRUPTED} interrupted (Ctrl-C): finished trials are "
+        "kept, --resume continues.",
     )
 
     demo = commands.add_parser(
@@ -245,14 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run experiments/configs/demo.yaml: a shipped digit prior, three seed "
         "tasks, DAPS as one chain and as a 4-particle Ray ensemble with repulsion and pruning; "
         "prints the results table, where the images are and how to browse the runs in MLflow.",
+        epilog=EXIT_CODES,
+        formatter_class=HelpFormatter,
     )
-    demo.add_argument("overrides", nargs="*", help="field.path=value overrides")
+    demo.add_argument(
+        "overrides", nargs="*", default=[], help="optional field.path=value overrides"
+    )
     demo.add_argument("--output", default=None, help="output folder (default: a new one)")
     demo.add_argument(
         "--resume",
         action="store_true",
         help="continue --output's run, or without --output the latest dipswarm-demo/<stamp>",
     )
+    _verbose_option(demo)
     demo.set_defaults(handler=_demo)
 
     commands.add_parser(  # dispatched to experiments.report.main, which has its own parser
@@ -270,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one of the small shipped priors and write its model card",
         description="Train a shipped-prior preset on its built-in training split, save it in "
         "the diffusers format and write its model card with held-out figures.",
+        formatter_class=HelpFormatter,
     )
     train.add_argument("name", choices=sorted(PRESETS), help="which preset")
     train.add_argument("--out", required=True, help="output folder (created)")
@@ -293,8 +354,16 @@ def main(argv: list[str] | None = None) -> int:
         report_main(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
-    args.handler(args)
-    return 0
+    args.argv = argv
+    if getattr(args, "verbose", False):
+        from ensemble.ray_runtime import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
+    try:
+        return args.handler(args) or 0
+    except KeyboardInterrupt:  # one line instead of the traceback, and how to continue
+        print(f"\n{_interrupted(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import dataclasses
 import os
 import types
 import typing
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,10 +269,28 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(err)}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path} must hold a YAML mapping of config fields")
     return loaded
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML parse error on one line, positions 1-based (PyYAML's own message spans lines and
+    names the text it parsed ``<unicode string>``, not the file)."""
+    if not isinstance(err, yaml.MarkedYAMLError) or err.problem_mark is None:
+        return " ".join(str(err).split())
+    mark = err.problem_mark
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {err.problem}"
+    if err.context and err.context_mark is not None:
+        start = err.context_mark
+        text += f" ({err.context} at line {start.line + 1}, column {start.column + 1})"
+    elif err.context:
+        text += f" ({err.context})"
+    return text
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -279,7 +299,11 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         raise ConfigError(f"override {item!r} must look like field.path=value")
     key, text = item.split("=", 1)
     parts = key.strip().split(".")
-    value = yaml.safe_load(text) if text.strip() else None
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        problem = yaml_problem(err)
+        raise ConfigError(f"override {item!r}: the value is not valid YAML: {problem}") from None
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
         child = _child(node, part, ".".join(parts[: depth + 1]))
@@ -509,8 +533,9 @@ def _unique(where: str, names: list[str]) -> None:
 
 def check_paths(config: ExperimentConfig) -> None:
     """Before a run, on the machine that runs it: folders and files the config names exist
-    (``$VARS`` expanded), the prior spec resolves, a CUDA device exists if asked for, and
-    FID's Inception weights are there (fetched into the hub cache if they can be)."""
+    (``$VARS`` expanded), the prior spec resolves, the output folder can be written, an
+    ``http(s)`` tracking server answers, a CUDA device exists if asked for, and FID's Inception
+    weights are there (fetched into the hub cache if they can be)."""
     if config.data.dataset == "folder":
         folder = expand(config.data.folder)
         if not Path(folder).is_dir():
@@ -527,6 +552,9 @@ def check_paths(config: ExperimentConfig) -> None:
             "environment variables it uses) to your model"
         )
     _check_prior(prior)
+    _check_output(config.output)
+    if config.tracking.enabled and config.tracking.uri:
+        check_tracking_server(config.tracking.uri)
     if config.device.startswith("cuda"):
         import torch
 
@@ -543,6 +571,47 @@ def check_paths(config: ExperimentConfig) -> None:
             fid_weights_file(None if weights is None else expand(weights))
         except (FileNotFoundError, RuntimeError) as err:
             raise ConfigError(f"metrics.fid = true: {err}") from err
+
+
+def _check_output(output: str) -> None:
+    """The output folder is a folder, or can be made in the nearest existing one."""
+    path = Path(output).resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(
+            f"output = {output!r}: {existing} is a file, not a folder; choose another output "
+            "folder (output=...)"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"output = {output!r}: no permission to write in {existing}; choose another output "
+            "folder (output=...)"
+        )
+
+
+TRACKING_TIMEOUT_S = 5.0
+
+
+def check_tracking_server(uri: str, timeout: float = TRACKING_TIMEOUT_S) -> None:
+    """An ``http(s)://`` tracking server answers MLflow's ``/health`` within ``timeout``
+    seconds (MLflow's client would retry a refused connection for minutes, then fail with a
+    traceback)."""
+    if uri.partition(":")[0].lower() not in ("http", "https"):
+        return
+    health = f"{uri.rstrip('/')}/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout):
+            return
+    except urllib.error.HTTPError as err:
+        reason = f"GET {health} gave HTTP {err.code}: not an MLflow server"
+    except (OSError, ValueError) as err:
+        cause = getattr(err, "reason", None) or err
+        reason = " ".join(str(getattr(cause, "strerror", None) or cause).split()) or "no answer"
+    raise ConfigError(
+        f"tracking.uri = {uri!r}: no MLflow server answers there ({reason}; timeout "
+        f"{timeout:g} s); start one (mlflow server --host HOST --port PORT), or leave "
+        "tracking.uri unset (a store in the output folder), or set tracking.enabled=false"
+    )
 
 
 def _check_prior(prior: Any) -> None:

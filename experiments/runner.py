@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 import ensemble
+from ensemble.backends import WorkerStartError, strip_terminal_codes
 from ensemble.ray_runtime import ensure_ray
 from experiments import metrics
 from experiments.batches import (
@@ -364,10 +365,13 @@ def _run_batch(
 ) -> list[dict[str, Any]]:
     """One batch of images in this process: measure, sample, then score and save each image;
     a batch that fails gives each of its images a failed row (``--resume`` re-runs only
-    those)."""
+    those). A Ray worker that cannot start stops the run: every batch would fail alike."""
     began = time.perf_counter()
     try:
         solved = group.runner.solve(indices)
+    except WorkerStartError as err:
+        _log_error(output, group, data, indices, err)
+        raise
     except Exception as err:  # one bad batch must not stop the experiment
         seconds = (time.perf_counter() - began) / len(indices)
         return _failed_rows(config, group, data, indices, err, seconds, output)
@@ -385,11 +389,8 @@ def _failed_rows(
     output: Path,
 ) -> list[dict[str, Any]]:
     """A failed row per image of a batch, the traceback in errors.log."""
-    with (output / "errors.log").open("a") as log:
-        names = ", ".join(data.names[i] for i in indices)
-        log.write(f"--- {group.runner.task.name} / {group.runner.method.name} / {names}\n")
-        log.write(f"{''.join(traceback.format_exception(err))}\n")
-    error = f"{type(err).__name__}: {err}"
+    _log_error(output, group, data, indices, err)
+    error = strip_terminal_codes(f"{type(err).__name__}: {err}")
     return [
         {
             **_identity(config, group.runner.task, group.runner.method, data, i),
@@ -399,6 +400,17 @@ def _failed_rows(
         }
         for i in indices
     ]
+
+
+def _log_error(
+    output: Path, group: _Group, data: Dataset, indices: list[int], err: BaseException
+) -> None:
+    """The traceback of a batch's error in errors.log, without terminal colour codes (Ray
+    colours the worker tracebacks it forwards)."""
+    with (output / "errors.log").open("a") as log:
+        names = ", ".join(data.names[i] for i in indices)
+        log.write(f"--- {group.runner.task.name} / {group.runner.method.name} / {names}\n")
+        log.write(f"{strip_terminal_codes(''.join(traceback.format_exception(err)))}\n")
 
 
 def _identity(

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from ensemble.ray_runtime import ensure_ray
+from ensemble.ray_runtime import ensure_ray, verbose
 from experiments.best_preset import write_preset
-from experiments.config import ConfigError
+from experiments.config import ConfigError, check_tracking_server
 from experiments.study_progress import StudyProgress
 from experiments.tune_config import TuneConfig
 
@@ -80,10 +80,10 @@ def run_study(
     own (benchmarks wrap it); progress lines go to ``stream`` (default stdout)."""
     import search as search_pkg
 
+    uri = _tracking_uri(config)  # before Ray starts: an unreachable server fails at once
     ensure_ray(
         config.experiment.method_ensemble(config.method).address if config.experiment else None
     )
-    uri = _tracking_uri(config)
     watcher = (
         StudyProgress(config.study_dir, config.search.metric, config.search.mode,
                       config.search.num_samples, stream=stream)
@@ -108,6 +108,7 @@ def run_study(
                 mlflow_uri=uri,
                 mlflow_experiment=config.tracking.experiment,
                 resume=config.search.resume,
+                verbose=1 if verbose() else 0,
             )
         except FileExistsError as err:
             raise ConfigError(
@@ -131,6 +132,7 @@ def _tracking_uri(config: TuneConfig) -> str | None:
     from experiments.tracking import SQLITE_PREFIX, _seed_sqlite, resolve_tracking_uri
 
     uri = resolve_tracking_uri(config.tracking.uri, config.output)
+    check_tracking_server(uri)
     if uri.startswith(SQLITE_PREFIX):
         database = Path(uri[len(SQLITE_PREFIX) :].partition("?")[0])
         if not database.exists():

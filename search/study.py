@@ -126,7 +126,8 @@ def tune(
     None disables MLflow). ``resume``: continue the study stored as ``storage_dir/name`` if there
     is one (its stored settings win), else start it; without ``resume`` an existing study is an
     error. ``reuse_actors`` keeps trial processes between trials (4x faster here on small
-    trials). Uses the running Ray instance, or starts a local one. Guide: docs/search.md.
+    trials). ``verbose``: Ray Tune's verbosity; at 0 Tune and Optuna print nothing of their own.
+    Uses the running Ray instance, or starts a local one. Guide: docs/search.md.
 
     Example (CPU, about 15 s with Ray's start): a 2-trial study of a toy objective.
 
@@ -148,6 +149,8 @@ def tune(
     from ray import tune as ray_tune
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if verbose == 0:
+        _quiet()
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_S))
     space = check_space(space)
     settings = _settings(metric, mode, num_samples, sampler, seed, asha, max_concurrent, name)
@@ -390,6 +393,21 @@ def _new_tuner(
             verbose=verbose,
         ),
     )
+
+
+def _quiet() -> None:
+    """Ray Tune and Optuna print nothing of their own (``verbose=0``): Tune's default output
+    engine prints its configuration box at any verbosity, the legacy one (chosen here) nothing
+    at 0; ``ray.tune`` logs errors only, so neither its state-file lines nor its
+    ``Tuner.restore`` advice after Ctrl-C (callers say how they resume); Optuna no "A new
+    study created" line."""
+    import logging
+
+    import optuna
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _trial_dirname(trial: Any) -> str:

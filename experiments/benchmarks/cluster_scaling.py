@@ -68,6 +68,7 @@ from experiments.benchmarks.image_batches import (
     methods,
     read_results,
 )
+from experiments.cli_help import bench_parser
 
 MODULE = "experiments.benchmarks.cluster_scaling"  # run as a fresh process per configuration
 # the FFHQ 256 guided-diffusion UNet's forward call on an H200 (module docstring): a + b x rows
@@ -635,12 +636,14 @@ def write_csv(path: str, real: Sequence[RealRow], sim: Sequence[SimRow]) -> None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser("cluster_scaling", __doc__)
     parser.add_argument("--skip-real", action="store_true", help="skip part 1 (this machine)")
     parser.add_argument("--skip-sim", action="store_true", help="skip part 2 (simulated cluster)")
     parser.add_argument("--images", type=int, default=24, help="digits test images (part 1)")
     parser.add_argument("--images-per-batch", type=int, default=4, help="images per job (part 1)")
-    parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument(
+        "--nodes", type=int, nargs="+", default=[1, 2, 4, 8], help="simulated node counts (part 2)"
+    )
     parser.add_argument("--jobs", type=int, default=32, help="simulated jobs per run")
     parser.add_argument("--problems", type=int, default=4, help="GMM problems per job")
     parser.add_argument("--particles", type=int, default=4, help="particles per problem")

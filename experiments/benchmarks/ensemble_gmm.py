@@ -46,6 +46,7 @@ from ensemble import (
     Repulsion,
     Steering,
 )
+from experiments.cli_help import bench_parser
 from experiments.gmm_protocol import ExactInstance
 from experiments.mean_std import format_mean_std, sample_mean_std
 from solvers import SolverSpec
@@ -320,7 +321,7 @@ def phase_retrieval_table(rows: dict[str, list[dict[str, float]]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser("ensemble_gmm", __doc__)
     parser.add_argument(
         "--instances", type=int, default=10, help="multimodal GMM instances (0: skip the GMM part)"
     )
@@ -332,8 +333,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=200, help="DAPS annealing steps (GMM)")
     parser.add_argument("--d", type=int, default=8, help="GMM dimension (even)")
     parser.add_argument("--images", type=int, default=24, help="phase-retrieval test images")
-    parser.add_argument("--skip-phase-retrieval", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--skip-phase-retrieval", action="store_true", help="skip the digits phase-retrieval part"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="base seed of every ensemble")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     began = time.perf_counter()

@@ -26,6 +26,7 @@ import operators
 from ensemble import EnsembleSettings, EnsembleSpec, OperatorSpec, Repulsion
 from ensemble.payload import nbytes
 from ensemble.ray_runtime import ensure_ray
+from experiments.cli_help import bench_parser
 from solvers import SolverSpec
 
 FFHQ_SHAPE = (3, 256, 256)
@@ -136,9 +137,9 @@ def ffhq_transfer(particles: int, workers: int, repeats: int) -> list[tuple[str,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser("ensemble_scaling", __doc__)
     parser.add_argument("--prior", default="digits", help="shipped pixel prior")
-    parser.add_argument("--particles", type=int, default=8)
+    parser.add_argument("--particles", type=int, default=8, help="particles per ensemble")
     parser.add_argument("--steps", type=int, default=20, help="DAPS annealing steps")
     parser.add_argument("--mcmc", type=int, default=4, help="DAPS MCMC steps per annealing step")
     parser.add_argument("--repulsion", type=float, default=50.0, help="repulsion weight")

@@ -14,7 +14,6 @@ latent posterior is pushed forward). Every random draw comes from a generator se
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import statistics
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 import solvers
+from experiments.cli_help import bench_parser
 from experiments.gmm_protocol import ExactInstance, exact_coverage
 from experiments.mean_std import format_mean_std, sample_mean_std
 from experiments.metrics import COVERAGE_LEVELS, coverage_name
@@ -436,14 +436,14 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser("gmm", __doc__)
     parser.add_argument("--dims", type=_ints, default=(8, 80), help="comma list (8,80)")
     parser.add_argument("--dys", type=_ints, default=(1, 2, 4), help="comma list (1,2,4)")
     parser.add_argument("--instances", type=int, default=20, help="instances per cell")
     parser.add_argument("--samples", type=int, default=2000, help="solver and exact samples")
     parser.add_argument("--slices", type=int, default=100, help="SW directions")
     parser.add_argument("--solvers", nargs="+", help="names or name:preset (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the solver runs")
     parser.add_argument("--workers", type=int, default=1, help="processes for solver runs")
     parser.add_argument("--csv", help="also write per-instance rows to this CSV file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

@@ -43,6 +43,8 @@ from typing import Any
 
 import torch
 
+from experiments.cli_help import bench_parser
+
 TOLERANCE = 1e-4  # relative: batched and per-image kernels may differ in float round-off
 COMPARED = ("psnr", "ssim", "measurement_loss")
 TARGET_RATIO = 3.0  # images/s at the largest batch over images/s at 1 image per batch (DAPS)
@@ -450,7 +452,7 @@ def write_csv(path: str, runs: Sequence[RunRow], unets: Sequence[UNetRow]) -> No
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser("image_batches", __doc__)
     parser.add_argument("--images", type=int, default=16, help="digits test images per run")
     parser.add_argument(
         "--batches",
@@ -460,14 +462,20 @@ def main(argv: list[str] | None = None) -> None:
         help="execution.images_per_batch values (1 is the reference)",
     )
     parser.add_argument(
-        "--methods", nargs="+", default=[TARGET_METHOD, "dps"], choices=[TARGET_METHOD, "dps"]
+        "--methods",
+        nargs="+",
+        default=[TARGET_METHOD, "dps"],
+        choices=[TARGET_METHOD, "dps"],
+        help="methods to run",
     )
     parser.add_argument("--particles", type=int, default=1, help="particles per image")
     parser.add_argument(
         "--device", default="cpu", help="device of the dipswarm runs (cpu, cuda, cuda:N)"
     )
     parser.add_argument("--dps-steps", type=int, default=100, help="DPS num_steps")
-    parser.add_argument("--unet-batches", type=int, nargs="+", default=[1, 4, 16, 32])
+    parser.add_argument(
+        "--unet-batches", type=int, nargs="+", default=[1, 4, 16, 32], help="UNet rows per call"
+    )
     parser.add_argument("--unet-repeats", type=int, default=2, help="timed calls per batch")
     parser.add_argument(
         "--unet-call-limit",
@@ -477,7 +485,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--skip-run", action="store_true", help="skip part 1 (dipswarm run)")
     parser.add_argument("--skip-unet", action="store_true", help="skip part 2 (FFHQ UNet)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads per run"
+    )
     parser.add_argument("--csv", help="write both tables' rows to this CSV")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one run from a JSON config
     args = parser.parse_args(argv)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments import metrics
+from experiments.cli_help import bench_parser
 from experiments.image_presets import (
     NONLINEAR_BLUR_NOTE,
     SETTINGS,
@@ -300,9 +301,11 @@ def write_csv(path: str, records: Sequence[Record]) -> None:
 
 # -- entry point ----------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser("image_tasks", __doc__)
     parser.add_argument("--images", type=int, default=4, help="test images per task")
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument(
+        "--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="seed tasks to run"
+    )
     parser.add_argument(
         "--solvers", nargs="+", default=None, help="solver rows (default: all that apply)"
     )

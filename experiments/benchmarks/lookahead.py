@@ -27,6 +27,7 @@ from ensemble import EnsembleSettings, EnsembleSpec, OperatorSpec, Pruning
 from ensemble.interaction import spearman
 from experiments import metrics
 from experiments.benchmarks.image_tasks import measurements
+from experiments.cli_help import bench_parser
 from experiments.image_presets import SETTINGS, build_operator
 from experiments.mean_std import format_mean_std
 from solvers import SolverSpec
@@ -90,11 +91,7 @@ def _mean_std(values: Sequence[float]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="dipswarm bench lookahead",
-        description="Spearman correlation of mid-run loss rankings (current estimate vs "
-        "denoised lookahead) with the final PSNR and loss, on the shipped digits prior.",
-    )
+    parser = bench_parser("lookahead", __doc__)
     parser.add_argument("--prior", default="digits", help="shipped pixel prior (default: digits)")
     parser.add_argument("--images", type=int, default=8, help="test images (default: 8)")
     parser.add_argument("--particles", type=int, default=8, help="particles per image (default: 8)")

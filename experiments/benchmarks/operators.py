@@ -7,13 +7,13 @@ Target (issue 2): FFT at least 5x faster than direct convolution for the 61x61 k
 
 from __future__ import annotations
 
-import argparse
 import functools
 
 import torch
 
 import operators
 from experiments.benchmarks.timing import median_seconds
+from experiments.cli_help import bench_parser
 
 SHAPE = (3, 256, 256)
 
@@ -50,10 +50,12 @@ def time_operator(op: operators.Operator, batch: int, repeats: int) -> tuple[flo
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser = bench_parser("operators", __doc__)
+    parser.add_argument("--batch", type=int, default=4, help="images per operator call")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per operator (median)")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, float32")

@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from experiments.cli_help import bench_parser
+
 
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
@@ -61,9 +63,9 @@ def measure(name: str, batch: int, repeats: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser = bench_parser("priors", __doc__)
+    parser.add_argument("--batch", type=int, default=16, help="rows per denoiser call")
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per prior (median)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one prior
     args = parser.parse_args(argv)
     if args.one:

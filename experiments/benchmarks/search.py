@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from experiments.cli_help import bench_parser
 from experiments.mean_std import format_mean_std, sample_mean_std
 from experiments.objectives import score_gmm, score_images
 from experiments.tune_config import TuneConfig, load_tune_config, method_values
@@ -352,22 +353,24 @@ def part_image(args: argparse.Namespace) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.benchmarks.search", description=__doc__.splitlines()[0]
-    )
+    parser = bench_parser("search", __doc__)
     parser.add_argument("--out", default=None, help="folder for the studies (default: new)")
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed of every study")
-    parser.add_argument("--gmm-trials", type=int, default=16)
+    parser.add_argument("--gmm-trials", type=int, default=16, help="trials per GMM study")
     parser.add_argument("--gmm-instances", type=int, default=6, help="tuning instances")
     parser.add_argument("--gmm-annealing", type=int, default=100, help="DAPS annealing steps")
     parser.add_argument("--held-out", type=int, default=10, help="held-out GMM instances")
-    parser.add_argument("--image-trials", type=int, default=12)
-    parser.add_argument("--val-images", type=int, default=3)
-    parser.add_argument("--test-images", type=int, default=20)
-    parser.add_argument("--resume-trials", type=int, default=6)
-    parser.add_argument("--resume-instances", type=int, default=2)
-    parser.add_argument("--interrupt-after", type=int, default=3)
+    parser.add_argument("--image-trials", type=int, default=12, help="trials of the image study")
+    parser.add_argument("--val-images", type=int, default=3, help="validation images per trial")
+    parser.add_argument("--test-images", type=int, default=20, help="held-out test images")
+    parser.add_argument("--resume-trials", type=int, default=6, help="trials of the resume study")
+    parser.add_argument(
+        "--resume-instances", type=int, default=2, help="GMM instances of the resume study"
+    )
+    parser.add_argument(
+        "--interrupt-after", type=int, default=3, help="finished trials before the interruption"
+    )
     return parser
 
 

@@ -37,6 +37,7 @@ from ensemble import EnsembleSettings, EnsembleSpec, OperatorSpec
 from experiments import metrics
 from experiments.benchmarks import gmm as gmm_bench
 from experiments.benchmarks.image_tasks import measurements
+from experiments.cli_help import bench_parser
 from experiments.image_presets import build_operator
 from experiments.metrics import COVERAGE_LEVELS, coverage_name
 
@@ -258,13 +259,10 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="dipswarm bench smc",
-        description="Weighted SMC samplers (TDS, FPS-SMC) against the exact GMM posterior as N "
-        "grows, next to single-chain solvers at equal NFE per sample; TDS vs best-of-N DAPS on "
-        "digits phase retrieval.",
+    parser = bench_parser("smc", __doc__)
+    parser.add_argument(
+        "--part", choices=("gmm", "digits", "all"), default="all", help="which part to run"
     )
-    parser.add_argument("--part", choices=("gmm", "digits", "all"), default="all")
     parser.add_argument("--dims", type=_ints, default=(8, 80), help="comma list (8,80)")
     parser.add_argument("--dys", type=_ints, default=(1, 2, 4), help="comma list (1,2,4)")
     parser.add_argument("--instances", type=int, default=20, help="instances per cell (20)")

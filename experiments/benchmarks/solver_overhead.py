@@ -23,7 +23,6 @@ in-run overhead beyond all network calls (``target_met`` says why).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import cProfile
 import functools
@@ -39,6 +38,7 @@ from typing import Any, NamedTuple
 import torch
 
 import solvers
+from experiments.cli_help import bench_parser
 from solvers import SolverSpec
 
 TARGET_PERCENT = 10.0
@@ -581,7 +581,7 @@ def select(names: list[str] | None) -> list[Case]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser("solver_overhead", __doc__)
     parser.add_argument("--particles", type=int, nargs="+", default=[4], help="N values")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median)")
     parser.add_argument("--calls", type=int, default=5, help="timed calls per kind and repeat")

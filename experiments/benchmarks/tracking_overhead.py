@@ -14,7 +14,6 @@ The figure of a real run is ``Tracker.seconds``, which the runner logs as ``trac
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -27,6 +26,7 @@ from unittest import mock
 
 import numpy as np
 
+from experiments.cli_help import bench_parser
 from experiments.tracking import PARENT_TAG, Tracker, flatten_params
 
 STORE_CALLS = (
@@ -159,7 +159,7 @@ def measure(mode: Callable[[Workload, Path], tuple[float, float]], work: Workloa
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser("tracking_overhead", __doc__)
     parser.add_argument("--children", type=int, default=6, help="(task, method) child runs")
     parser.add_argument("--series", type=int, default=4, help="traced series per child")
     parser.add_argument("--steps", type=int, default=100, help="steps per series")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.cli_help import HelpFormatter
 from experiments.report.documents import write_report
 from experiments.report.load import load_many, load_mlflow
 from experiments.report.study import find_studies, write_study_report
@@ -16,7 +17,9 @@ DESCRIPTION = "Reports of finished runs: tables, image grids and a PSNR-vs-NFE p
 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``dipswarm report``."""
-    parser = argparse.ArgumentParser(prog="dipswarm report", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(
+        prog="dipswarm report", description=DESCRIPTION, formatter_class=HelpFormatter
+    )
     parser.add_argument(
         "outputs", nargs="*", help="output folder(s) of finished runs, or study folder(s)"
     )
