@@ -207,4 +207,16 @@ SETTINGS: tuple[SolverSetting, ...] = (
         {"num_steps": 100},
         tasks=("super_resolution", "inpaint_box", "inpaint_random", "gaussian_blur"),
     ),
+    # MMPS at 64 steps (64 denoiser calls); the digits SR preset on SR (docs/solvers/mmps.md).
+    SolverSetting(
+        "mmps",
+        "mmps",
+        "pixel",
+        "digits/{task}",
+        {"steps": 64, "cg_iters": 3},
+        tasks=LINEAR_TASKS,
+        no_preset=tuple(t for t in LINEAR_TASKS if t != "super_resolution"),
+    ),
+    # PSLD: the LDM reference weights (gamma 0.1, omega 0.1) at 50 steps (docs/solvers/psld.md).
+    SolverSetting("psld", "psld", "latent", "ldm", {"num_steps": 50}, tasks=LINEAR_TASKS),
 )

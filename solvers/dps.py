@@ -273,20 +273,34 @@ class DPS(Solver):
             x_in = x.clone().requires_grad_(True)
             x0 = prior.denoise(x_in, s)
             image = self._image(x0)
-            grad_norm = _residual_norm_grad(rows.operator, image, rows.y, x_in)
+            correction = self._correction(rows, x_in, x0, image, k)
         with torch.no_grad():
             x0 = x0.detach()
             c = cfg.eta * s_next * math.sqrt(max(s**2 - s_next**2, 0.0)) / s
             x_next = x0 + math.sqrt(max(s_next**2 - c**2, 0.0)) * (x - x0) / s
             if c > 0:
                 x_next = x_next + c * particle_randn(rows.generators, x)
-            zeta = cfg.zeta / (1.0 + s**2) if cfg.step_rule == "alpha_bar" else cfg.zeta
-            scale = zeta * math.sqrt((1.0 + s**2) * (1.0 + s_next**2))
-            x_next = x_next - scale * grad_norm
+            x_next = x_next - correction
             if rows.force is not None:
                 x_next = x_next + (s**2 - s_next**2) * rows.force.to(x_next)
             x0_next = self._image(x_next) if s_next == 0 else image.detach()
         return Update(x_next, x0_next)
+
+    def vp_scale(self, k: int) -> float:
+        """sqrt((1 + s^2)(1 + s'^2)): a gradient step on x_vp, taken on the VE state x."""
+        s, s_next = self.sigmas[k], self.sigmas[k + 1]
+        return math.sqrt((1.0 + s**2) * (1.0 + s_next**2))
+
+    def _correction(
+        self, rows: Rows, x_in: torch.Tensor, x0: torch.Tensor, image: torch.Tensor, k: int
+    ) -> torch.Tensor:
+        """The guidance subtracted from the ancestral step: zeta_k sqrt((1 + s^2)(1 + s'^2))
+        grad_{x_k} ||r|| (module docstring); ``x0`` = D(x_in), ``image`` its image. It runs with
+        grad enabled and is the last use of the graph (subclasses add terms before it)."""
+        cfg, s = self.config, self.sigmas[k]
+        zeta = cfg.zeta / (1.0 + s**2) if cfg.step_rule == "alpha_bar" else cfg.zeta
+        grad_norm = _residual_norm_grad(rows.operator, image, rows.y, x_in)
+        return (zeta * self.vp_scale(k)) * grad_norm
 
 
 @register(presets=LATENT_DPS_PRESETS)
