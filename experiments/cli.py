@@ -152,6 +152,30 @@ def _run_and_summarise(config: Any, resume: bool, progress: bool) -> int:
     return EXIT_IMAGES_FAILED if failed else 0
 
 
+def _list(args: argparse.Namespace) -> None:
+    from experiments.catalog import names
+
+    print(listing(names(args.kind)))
+
+
+SHOWN = ("solver", "operator", "config")
+
+
+def _show(args: argparse.Namespace) -> None:
+    """``dipswarm show solver|operator|config NAME``; an unknown name: one line with the choices."""
+    from experiments.catalog import operator_parameters, solver_card
+
+    try:
+        if args.kind == "solver":
+            print(solver_card(args.name))
+        elif args.kind == "operator":
+            print(f"{args.name} build parameters:\n{operator_parameters(args.name)}")
+        else:
+            print(_config_path(args.name).read_text(encoding="utf-8"), end="")
+    except (KeyError, ValueError) as err:  # SolverInputError, unknown operator
+        raise SystemExit(f"dipswarm show: {err.args[0] if err.args else err}") from None
+
+
 def _tune(args: argparse.Namespace) -> int:
     from experiments.config import ConfigError
     from experiments.tune_config import load_tune_config
@@ -203,6 +227,18 @@ def _config_path(name: str) -> Path:
         return preset
     presets = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
     raise SystemExit(f"dipswarm: no config file {name!r}; built-in configs: {presets}")
+
+
+def _builtin_configs() -> str:
+    """The ``run --help`` lines naming the built-in configs and where the settings are."""
+    from experiments.catalog import CONFIG_DOCS
+
+    names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+    return (
+        f"Built-in configs (dipswarm list configs; dipswarm show config NAME): {names}. "
+        f"Every setting, ensemble ones included (workers, cpus_per_worker, select_k, repulsion, "
+        f"smc, steering, pruning, ...), with its default: {CONFIG_DOCS}."
+    )
 
 
 def _config_command(
@@ -273,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an experiment config (dataset x tasks x methods)",
         description="Run an ExperimentConfig from YAML; overrides are dotted field paths, e.g. "
         "ensemble.particles=8 methods.daps.overrides.mcmc_steps=50 data.images=10.",
-        epilog=EXIT_CODES,
+        epilog=f"{_builtin_configs()}\n\n{EXIT_CODES}",
     )
 
     _config_command(
@@ -314,6 +350,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _verbose_option(demo)
     demo.set_defaults(handler=_demo)
+
+    from experiments.catalog import CONFIG_DOCS, KINDS
+
+    lister = commands.add_parser(
+        "list",
+        help="list the solvers, priors, operators, built-in configs or benchmarks",
+        description="List what a config can name, one per line with its description; "
+        "dipswarm show solver NAME for a solver's hyperparameters and presets.",
+        formatter_class=HelpFormatter,
+    )
+    lister.add_argument("kind", choices=KINDS, metavar="KIND", help=f"one of {', '.join(KINDS)}")
+    lister.set_defaults(handler=_list)
+    show = commands.add_parser(
+        "show",
+        help="a solver's hyperparameters (default, range, source) and presets; an operator's "
+        "parameters; a built-in config",
+        description="Show one solver (what it supports, every hyperparameter with its default, "
+        "allowed range and source, its presets with their overrides and source), one operator "
+        f"(build parameters) or one built-in config (its YAML). Ensemble settings: {CONFIG_DOCS}.",
+        formatter_class=HelpFormatter,
+    )
+    show.add_argument("kind", choices=SHOWN, metavar="KIND", help=f"one of {', '.join(SHOWN)}")
+    show.add_argument("name", help="its name (dipswarm list solvers|operators|configs)")
+    show.set_defaults(handler=_show)
 
     commands.add_parser(  # dispatched to experiments.report.main, which has its own parser
         "report",
