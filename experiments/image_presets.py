@@ -113,6 +113,8 @@ class SolverSetting:
 # Noise-level early stopping for ReSample's optimisations: stop once the mean squared residual
 # reaches sigma_y^2 (the discrepancy principle); the paper's 1e-6 fits the noise (measured: pixel
 # ReSample on gaussian_blur 19.0 dB with 1e-6, 36.8 dB with sigma_y^2).
+# The linear tasks whose operators have a cheap SVD (operators.svd), for DDRM and DDNM.
+_SVD_TASKS = ("super_resolution", "inpaint_box", "inpaint_random", "gaussian_blur")
 _DISCREPANCY = {"pixel_tol": SIGMA_Y**2, "latent_tol": SIGMA_Y**2}
 # DAPS-1K is 200 x 5 ODE steps from sigma 100; the pixel priors stop at sigma 20 and a CPU run
 # affords 25 annealing steps x 3 ODE steps. nonlinear_blur's MCMC needs the operator's gradient
@@ -217,6 +219,11 @@ SETTINGS: tuple[SolverSetting, ...] = (
         tasks=LINEAR_TASKS,
         no_preset=tuple(t for t in LINEAR_TASKS if t != "super_resolution"),
     ),
+    # DDRM (paper: 20 steps, eta 0.85, eta_b 1) and DDNM / DDNM+ (reference code: 100 steps,
+    # eta 0.85) on the SVD operators (docs/solvers/ddrm.md, docs/solvers/ddnm.md).
+    SolverSetting("ddrm", "ddrm", "pixel", None, {"steps": 20}, tasks=_SVD_TASKS),
+    SolverSetting("ddnm", "ddnm", "pixel", None, {"steps": 100}, tasks=_SVD_TASKS),
+    SolverSetting("ddnm_plus", "ddnm_plus", "pixel", None, {"steps": 100}, tasks=_SVD_TASKS),
     # PSLD: the LDM reference weights (gamma 0.1, omega 0.1) at 50 steps (docs/solvers/psld.md).
     SolverSetting("psld", "psld", "latent", "ldm", {"num_steps": 50}, tasks=LINEAR_TASKS),
 )
