@@ -142,6 +142,22 @@ SETTINGS: tuple[SolverSetting, ...] = (
     SolverSetting("pigdm", "pigdm", "pixel", None, {"steps": 50}, tasks=LINEAR_TASKS),
     # DiffPIR: the reference code's per-task lambda / zeta and step counts (20 on inpainting).
     SolverSetting("diffpir", "diffpir", "pixel", "pixel/{task}", {}, tasks=LINEAR_TASKS),
+    # Score-SDE projection, MCG and ILVR at 100 of the papers' 1000 steps; deblurring presets
+    # stop the pseudo-inverse's CG after 1 iteration (docs/solvers/score_sde.md, mcg.md).
+    SolverSetting(
+        "score-sde", "score_sde", "pixel", "pixel/{task}", {"num_steps": 100}, tasks=LINEAR_TASKS
+    ),
+    SolverSetting(
+        "mcg",
+        "mcg",
+        "pixel",
+        "pixel/{task}",
+        {"num_steps": 100},
+        tasks=LINEAR_TASKS,
+    ),
+    SolverSetting(
+        "ilvr", "ilvr", "pixel", "pixel/{task}", {"num_steps": 100}, tasks=("super_resolution",)
+    ),
     # zeta 10 on the box: the DPS term is what fills the hole (zeta 0.5: 12.4 dB).
     SolverSetting(
         "resample",

@@ -273,16 +273,38 @@ def _problem_batch(name: str, case: str, problems: int = PROBLEMS) -> tuple[Solv
     return _spec_for(name, batch.operators[0].name), batch
 
 
+def _accepts(name: str, case: str) -> bool:
+    """Whether solver ``name`` takes the problem of ``case``: linear-only solvers (C-DPS) refuse
+    phase retrieval, ILVR every operator but super-resolution and the GMM matrix; the solvers'
+    own tests check those refusals (tests/test_cdps.py, tests/test_projection_solvers.py)."""
+    spec, batch = _problem_batch(name, case, 1)
+    try:
+        spec.build().check_problem(batch.prior, batch.operators[0], batch.ys[0])
+    except SolverInputError:
+        return False
+    return True
+
+
 def _runnable_cases() -> list[tuple[str, str]]:
-    """(solver, case) pairs the solver accepts: a linear-only solver (C-DPS) is not run on
-    phase retrieval, which it refuses (tests/test_cdps.py, test_bad_input_raises_clear_errors)."""
+    """(solver, case) pairs the solver accepts (``_accepts``)."""
     return [
         (name, case)
         for name in solvers.available()
         for case in sorted(CASES)
-        if not solvers.solver_class(name).linear_only
-        or _problem_batch(name, case, 1)[1].operators[0].is_linear
+        if _accepts(name, case)
     ]
+
+
+def _stacked_case(name: str) -> str:
+    """The case with per-row operators that ``name`` runs: per-row masks, else per-row A."""
+    return (
+        "inpaint_random_stacked" if _accepts(name, "inpaint_random_stacked") else "matrix_stacked"
+    )
+
+
+@pytest.mark.parametrize("name", solvers.available())
+def test_every_solver_takes_the_gmm_cases(name: str) -> None:
+    assert _accepts(name, "matrix") and _accepts(name, "matrix_stacked")
 
 
 def _batched_init(solver: solvers.Solver, batch: Batch) -> solvers.State:
@@ -333,7 +355,7 @@ def test_a_batch_of_problems_equals_the_separate_runs(name: str, case: str) -> N
 def test_select_and_pruning_keep_each_rows_problem(name: str) -> None:
     """Rows chosen from a batch of problems (with repeats, then one of them pruned) continue
     with their own y and operator, exactly as in the full batch."""
-    spec, batch = _problem_batch(name, "inpaint_random_stacked")
+    spec, batch = _problem_batch(name, _stacked_case(name))
     solver = spec.build()
     state = _batched_init(solver, batch)
     half = solver.num_steps // 2
@@ -356,7 +378,7 @@ def test_select_and_pruning_keep_each_rows_problem(name: str) -> None:
 
 @pytest.mark.parametrize("name", solvers.available())
 def test_batch_inputs_are_checked_with_the_fix(name: str) -> None:
-    spec, batch = _problem_batch(name, "inpaint_random_stacked")
+    spec, batch = _problem_batch(name, _stacked_case(name))
     solver, prior = spec.build(), batch.prior
     stacked = operators.stack_rows(batch.operators, PARTICLES)
     rows = PROBLEMS * PARTICLES
