@@ -58,10 +58,14 @@ class EnsembleResult:
     status: list[str]
     selected: list[int]  # indices into all_samples (repeats where "weighted" resampled)
     origin: list[int]  # the initial particle each particle slot descends from
-    nfe: int  # network evaluations per particle (the largest count over workers)
+    nfe: int  # network evaluations per particle behind the delivered samples
+    # network evaluations per particle spent, recomputation after a worker loss included (the
+    # calls the surviving workers made between the last snapshot and the loss)
+    nfe_spent: int
     seconds: float
     traces: dict[str, list[Any]]
-    # loop/compute/coordination seconds (coordination = loop - compute: driver work, transfers,
+    # setup seconds (backend, workers, prior loading, init: before the first step), loop/
+    # compute/coordination seconds (coordination = loop - compute: driver work, transfers,
     # waiting, checkpoints), bytes moved between driver and workers, network calls, restarts;
     # shared by the problems of one run
     stats: dict[str, float]
@@ -120,6 +124,8 @@ class Ensemble:
         # loop: driver wall time of the step loop (checkpoints and recoveries included)
         self.stats = {"compute_seconds": 0.0, "loop_seconds": 0.0, "bytes": 0.0}
         self.restarts = 0
+        self.nfe_lost = 0  # calls per particle rolled back by recoveries (in nfe_spent only)
+        self._nfe_base = 0  # the driver's nfe at the groups' last count restart (a restore)
 
     def _blocks(self) -> list[slice]:
         """The global row slots of each problem."""
@@ -156,6 +162,8 @@ class Ensemble:
                 driver = copy.deepcopy(snapshot["driver"])
             progress = _progress(self.spec, self.num_steps, driver.step)
             loop_began = time.perf_counter()
+            # worker start, prior loading, init or restore: warm-up, apart from the steps' time
+            self.stats["setup_seconds"] = loop_began - began
             while driver.step < self.num_steps:
                 try:
                     self._step(driver)
@@ -390,6 +398,7 @@ class Ensemble:
         backend = self._backend()
         payloads = [take_rows(snapshot["particles"], part) for part in backend.partition]
         backend.call("restore", [(p,) for p in payloads])
+        self._nfe_base = snapshot["driver"].nfe
 
     def _recover(self, snapshot: dict[str, Any], step: int) -> DriverState:
         """Replace dead workers and roll every group back to the last snapshot (one line on the
@@ -402,6 +411,10 @@ class Ensemble:
                 + (f" in {self.settings.checkpoint_dir}" if self.settings.checkpoint_dir else "")
             )
         replaced = self._backend().respawn()
+        # the survivors' calls after the snapshot are redone (fresh workers count 0); their
+        # count runs from the last restore, the snapshot holds the calls up to it
+        since_restore = int(max(self._backend().call("nfe")))
+        self.nfe_lost += max(since_restore - (snapshot["driver"].nfe - self._nfe_base), 0)
         self._restore(snapshot)
         back = snapshot["driver"].step
         _log.warning(
@@ -485,6 +498,7 @@ class Ensemble:
                     selected=selected,
                     origin=(driver.origin[block] - block.start).tolist(),
                     nfe=driver.nfe + int(max(calls)),
+                    nfe_spent=driver.nfe + int(max(calls)) + self.nfe_lost,
                     seconds=seconds,
                     traces=driver.traces[p],
                     stats=dict(stats),

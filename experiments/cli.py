@@ -139,6 +139,8 @@ def _run_and_summarise(config: Any, resume: bool, progress: bool) -> int:
     print()
     print(markdown_table(summary_table(results)))
     print(f"\nfinished in {time.perf_counter() - began:.0f} s")
+    warmup = results["warmup_seconds"].sum() if "warmup_seconds" in results else 0.0
+    print(f"warm-up:  {warmup:.1f} s (worker start, prior loading; not in seconds per image)")
     print(f"results:  {output / 'results.csv'}  (report: {output / 'report.md'})")
     print(f"images:   {output / 'images'}  (overview grids per task and method)")
     failed = int((results["status"] != "ok").sum())

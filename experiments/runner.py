@@ -18,7 +18,7 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,9 @@ RESULT_COLUMNS = [
     "posterior_std",
     *metrics.COVERAGE_COLUMNS,
     "nfe",
+    "nfe_spent",
     "seconds",
+    "warmup_seconds",
     "particles",
     "status",
     "error",
@@ -332,9 +334,11 @@ def _run_pooled(
                 failure = RuntimeError(f"{error} (after {outcome.attempts} attempt(s))")
                 rows = _failed_rows(config, group, data, batch.indices, failure, 0.0, output)
             else:
-                seconds = outcome.results[0].seconds / len(batch.indices)
+                seconds, warmup = _split_warmup(
+                    outcome.results[0].seconds, outcome.results, len(batch.indices)
+                )
                 rows = [
-                    _image_row(config, group, data, image, seconds, output)
+                    _image_row(config, group, data, image, seconds, output, warmup)
                     for image in batch.solved(outcome.results)
                 ]
             for row in rows:
@@ -375,8 +379,20 @@ def _run_batch(
     except Exception as err:  # one bad batch must not stop the experiment
         seconds = (time.perf_counter() - began) / len(indices)
         return _failed_rows(config, group, data, indices, err, seconds, output)
-    seconds = (time.perf_counter() - began) / len(indices)
-    return [_image_row(config, group, data, image, seconds, output) for image in solved]
+    seconds, warmup = _split_warmup(
+        time.perf_counter() - began, [s.result for s in solved], len(indices)
+    )
+    return [_image_row(config, group, data, image, seconds, output, warmup) for image in solved]
+
+
+def _split_warmup(
+    wall: float, results: Sequence[ensemble.EnsembleResult], images: int
+) -> tuple[float, float]:
+    """Each image's share of a batch's ``wall`` seconds, without the warm-up (worker start,
+    prior loading, init: the ensemble's ``setup_seconds``), and its share of the warm-up, so
+    the first image does not carry the whole start-up (reported apart as ``warmup_seconds``)."""
+    setup = results[0].stats["setup_seconds"]  # one ensemble run: shared by its problems
+    return max(wall - setup, 0.0) / images, setup / images
 
 
 def _failed_rows(
@@ -433,9 +449,11 @@ def _image_row(
     image: SolvedImage,
     seconds: float,
     output: Path,
+    warmup: float,
 ) -> dict[str, Any]:
     """Score one solved image and save its samples, traces and grid (its share of the batch's
-    time as ``seconds``); an error here fails this image only."""
+    time as ``seconds``, of its warm-up as ``warmup_seconds``); an error here fails this
+    image only."""
     from experiments.report import image_grid
 
     task, method, child = group.runner.task, group.runner.method, group.child
@@ -446,8 +464,8 @@ def _image_row(
             metrics.ensemble_metrics(config.metrics, image.operator, image.truth, image.y, result)
         )
         particles = len(result.all_samples)
-        row.update({"nfe": result.nfe, "particles": particles, "status": "ok", "error": ""})
-        row["seconds"] = seconds
+        row.update({"nfe": result.nfe, "nfe_spent": result.nfe_spent, "particles": particles})
+        row.update({"status": "ok", "error": "", "seconds": seconds, "warmup_seconds": warmup})
         folder = Path(task.name) / method.name
         stem = data.names[image.index].replace("/", "_")
         sample_file = _save(
@@ -514,7 +532,9 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, float]:
             out[f"{key}_std"] = float(values.std()) if values.numel() > 1 else 0.0
     if ok:
         out["nfe"] = float(ok[0]["nfe"])
+        out["nfe_spent"] = sum(float(r["nfe_spent"]) for r in ok) / len(ok)
         out["seconds_per_image"] = sum(float(r["seconds"]) for r in ok) / len(ok)
+        out["warmup_seconds"] = sum(float(r["warmup_seconds"]) for r in ok)
     return out
 
 

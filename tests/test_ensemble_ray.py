@@ -46,6 +46,12 @@ def test_a_killed_worker_is_replaced_and_the_run_is_unchanged(ray_session) -> No
     assert killed == [5] and result.stats["restarts"] == 1.0
     torch.testing.assert_close(result.all_samples, undisturbed.all_samples, rtol=1e-10, atol=1e-10)
     assert result.origin == undisturbed.origin and result.nfe == undisturbed.nfe
+    # nfe is the delivered samples'; nfe_spent adds steps 4 and 5 (after the step-3 snapshot,
+    # redone) and at most the surviving worker's part of step 6
+    assert undisturbed.nfe_spent == undisturbed.nfe
+    per_step = undisturbed.nfe / 10  # DAPS: the same calls each of the 10 annealing steps
+    assert per_step == int(per_step) > 0
+    assert 2 * per_step <= result.nfe_spent - result.nfe <= 3 * per_step
 
 
 def test_workers_are_reused_by_the_next_run_with_the_same_prior(ray_session) -> None:

@@ -424,6 +424,7 @@ def _ensemble_result(particles: torch.Tensor, status: list[str], log_weights=Non
         selected=[0],
         origin=list(range(len(particles))),
         nfe=1,
+        nfe_spent=1,
         seconds=0.0,
         traces={},
         stats={},
