@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from experiments import report
+from experiments.report.grids import OVERVIEW_HEADER
 from experiments.runner import RESULT_COLUMNS as COLUMNS  # the results.csv layout
 
 RANDOM = "random-vgg (not comparable to papers)"
@@ -233,13 +234,15 @@ def test_overview_one_row_per_pair(output: Path) -> None:
     assert png == output / "overview.png"
     scale = report.OVERVIEW_HEIGHT // 8  # 8-pixel images enlarged to 64
     with Image.open(png) as image:
-        assert image.height == 2 * 8 * scale
+        assert image.height == OVERVIEW_HEADER + 2 * 8 * scale  # column labels, two rows
         assert image.width > (1 + 1 + 4 + 2) * 6 * scale  # widest row plus the labels
         grid = np.asarray(image.convert("L"))
     sample = torch.load(output / "samples" / "inpaint" / "dps" / "test_0000.pt", weights_only=True)
     truth = np.rint(np.clip((sample["ground_truth"][0].double().numpy() + 1) / 2, 0, 1) * 255)
     left = image.width - (1 + 1 + 4 + 2) * 6 * scale  # inpaint has the widest row
-    assert grid[0 : 8 * scale : scale, left : left + 6 * scale : scale].tolist() == truth.tolist()
+    top = OVERVIEW_HEADER
+    rows = slice(top, top + 8 * scale, scale)
+    assert grid[rows, left : left + 6 * scale : scale].tolist() == truth.tolist()
 
 
 def test_load_many_keeps_runs_apart(output: Path, tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 OVERVIEW_HEIGHT = 64  # small images are enlarged to at least this many pixels per row
+OVERVIEW_HEADER = 16  # pixels of the column-label line above the rows
+_COLUMN_ORDER = ("truth", "measurement", "sample", "mean", "std")  # overview column order
 
 
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -16,19 +18,28 @@ def _to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().to(torch.float64) + 1) / 2).clamp(0, 1)
 
 
-def _panels(sample: dict[str, torch.Tensor], max_samples: int) -> list[torch.Tensor]:
-    """ground truth | measurement (if image-shaped) | samples | mean | std/max, in [0, 1]."""
+def _labelled_panels(
+    sample: dict[str, torch.Tensor], max_samples: int
+) -> list[tuple[str, torch.Tensor]]:
+    """(column label, panel in [0, 1]): ground truth | measurement (if image-shaped) |
+    samples | mean | std/max."""
     truth = sample["ground_truth"]
-    panels = [_to_unit(truth)]
+    panels = [("truth", _to_unit(truth))]
     measurement = sample.get("measurement")
     if measurement is not None and tuple(measurement.shape) == tuple(truth.shape):
-        panels.append(_to_unit(measurement))
-    panels += [_to_unit(s) for s in sample["samples"][:max_samples]]
-    panels.append(_to_unit(sample["mean"]))
+        panels.append(("measurement", _to_unit(measurement)))
+    samples = sample["samples"][:max_samples]
+    panels += [(f"sample {i + 1}", _to_unit(s)) for i, s in enumerate(samples)]
+    panels.append(("mean", _to_unit(sample["mean"])))
     std = sample["std"].detach().to(torch.float64)
     peak = std.max()
-    panels.append(std / peak if peak > 0 else torch.zeros_like(std))
+    panels.append(("std / max", std / peak if peak > 0 else torch.zeros_like(std)))
     return panels
+
+
+def _panels(sample: dict[str, torch.Tensor], max_samples: int) -> list[torch.Tensor]:
+    """The panels of ``_labelled_panels`` without their labels."""
+    return [panel for _, panel in _labelled_panels(sample, max_samples)]
 
 
 def _row_image(panels: list[torch.Tensor]) -> Image.Image:
@@ -63,8 +74,9 @@ def _enlarged(row: Image.Image) -> Image.Image:
 def overview_grid(
     output: str | Path, out_png: str | Path | None = None, max_samples: int = 4
 ) -> Path:
-    """One labelled row per (task, method) from its first image (by name), stacked
-    vertically and enlarged for small images; written to ``OUTPUT/overview.png`` by default."""
+    """One labelled row per (task, method) from its first image (by name) under a header
+    naming the columns, every row on the same columns, enlarged for small images; written
+    to ``OUTPUT/overview.png`` by default."""
     out = Path(output)
     files = [
         sorted(d.glob("*.pt"))[0]
@@ -73,18 +85,30 @@ def overview_grid(
     ]
     if not files:
         raise FileNotFoundError(f"no samples/<task>/<method>/<image>.pt under {out}")
-    rows = [_enlarged(_row_image(_panels(_load_sample(f), max_samples))) for f in files]
+    cells = [dict(_labelled_panels(_load_sample(f), max_samples)) for f in files]
+    # one column per label in a fixed order, so every row has the same width: a method with
+    # fewer samples (or a task whose measurement is not image-shaped) leaves its cells blank
+    columns = list(dict.fromkeys(label for row in cells for label in row))
+    columns.sort(key=lambda c: (_COLUMN_ORDER.index(c.split()[0]), len(c), c))
+    images = [{k: _enlarged(_row_image([p])) for k, p in row.items()} for row in cells]
+    cell_w = max(i.width for row in images for i in row.values())
+    cell_h = max(i.height for row in images for i in row.values())
     labels = [f"{f.parent.parent.name} / {f.parent.name}" for f in files]
     font = ImageFont.load_default()
     margin = 8 + max(math.ceil(font.getlength(label)) for label in labels)
-    width = margin + max(r.width for r in rows)
-    canvas = Image.new("RGB", (width, sum(r.height for r in rows)), "white")
+    header = OVERVIEW_HEADER
+    width, height = margin + cell_w * len(columns), header + cell_h * len(images)
+    canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    top = 0
-    for row, label in zip(rows, labels, strict=True):
-        canvas.paste(row, (margin, top))
-        draw.text((4, top + row.height // 2), label, fill="black", font=font, anchor="lm")
-        top += row.height
+    for j, column in enumerate(columns):
+        centre = margin + j * cell_w + cell_w // 2
+        draw.text((centre, header // 2), column, fill="black", font=font, anchor="mm")
+    for i, (row, label) in enumerate(zip(images, labels, strict=True)):
+        top = header + i * cell_h
+        for j, column in enumerate(columns):
+            if column in row:
+                canvas.paste(row[column], (margin + j * cell_w, top))
+        draw.text((4, top + cell_h // 2), label, fill="black", font=font, anchor="lm")
     target = Path(out_png) if out_png is not None else out / "overview.png"
     canvas.save(target)
     return target
