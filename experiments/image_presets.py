@@ -236,7 +236,10 @@ SETTINGS: tuple[SolverSetting, ...] = (
         no_preset=tuple(t for t in LINEAR_TASKS if t != "super_resolution"),
     ),
     # DDRM (paper: 20 steps, eta 0.85, eta_b 1) and DDNM / DDNM+ (reference code: 100 steps,
-    # eta 0.85) on the SVD operators (docs/solvers/ddrm.md, docs/solvers/ddnm.md).
+    # eta 0.85) on the SVD operators (docs/solvers/ddrm.md, docs/solvers/ddnm.md). Measured
+    # (4 images) DDRM: SR 30.4 dB, inpaint_box 16.8, gaussian_blur 34.9, each above the best
+    # naive baseline; on the box its last step returns x0_hat on the observed pixels
+    # (sigma_y / s_i > 0); ||A x - y||^2 is 4.6 (noise alone about 1.9, naive fill 0.7).
     SolverSetting("ddrm", "ddrm", "pixel", None, {"steps": 20}, tasks=_SVD_TASKS),
     SolverSetting("ddnm", "ddnm", "pixel", None, {"steps": 100}, tasks=_SVD_TASKS),
     SolverSetting("ddnm_plus", "ddnm_plus", "pixel", None, {"steps": 100}, tasks=_SVD_TASKS),
