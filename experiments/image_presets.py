@@ -138,8 +138,17 @@ SETTINGS: tuple[SolverSetting, ...] = (
     SolverSetting("daps-hmc", "daps", "pixel", "pixel_hmc/{task}", _PIXEL_DAPS, _FEWER_MCMC),
     # The "cpu" preset as shipped (100 steps, chain noise 0.1 ||A||).
     SolverSetting("cdps", "cdps", "pixel", "cpu", {}, tasks=LINEAR_TASKS),
-    # PiGDM: the paper's settings (guidance 1, data_std 1) at 50 steps.
-    SolverSetting("pigdm", "pigdm", "pixel", None, {"steps": 50}, tasks=LINEAR_TASKS),
+    # PiGDM at 50 steps: the paper's guidance 1 on SR and deblurring; the inpainting presets
+    # scale it (guidance 1 left ||Ax - y||^2 at 13.3 on random pixels, 17.2 dB).
+    SolverSetting(
+        "pigdm",
+        "pigdm",
+        "pixel",
+        "pixel/{task}",
+        {"steps": 50},
+        tasks=LINEAR_TASKS,
+        no_preset=("super_resolution", "gaussian_blur", "motion_blur"),
+    ),
     # DiffPIR: the reference code's per-task lambda / zeta and step counts (20 on inpainting).
     SolverSetting("diffpir", "diffpir", "pixel", "pixel/{task}", {}, tasks=LINEAR_TASKS),
     # Score-SDE projection, MCG and ILVR at 100 of the papers' 1000 steps; deblurring presets
