@@ -57,7 +57,7 @@ def test_yaml_and_dotted_overrides(tmp_path: Path) -> None:
         (["data.images=many"], r"data\.images must be an integer, got 'many'"),
         (["data.dataset=cifar"], r"data\.dataset = 'cifar'; allowed: digits"),
         (["tasks.sr.operator=deblur"], r"tasks\.sr\.operator = 'deblur'; allowed: .*gaussian_blur"),
-        (["methods.daps.solver=ddrm"], r"methods\.daps\.solver = 'ddrm'; allowed: cdps"),
+        (["methods.daps.solver=dddrm"], r"methods\.daps\.solver = 'dddrm'; allowed: cdps"),
         (
             ["methods.daps.preset=nope/{task}"],
             r"methods\.daps\.preset .* gives .nope/super_resolution.",
