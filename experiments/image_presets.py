@@ -221,6 +221,16 @@ SETTINGS: tuple[SolverSetting, ...] = (
         {**_DISCREPANCY, "latent_iters": 25, "latent_window": 10},
         per_task={"nonlinear_blur": {"pixel_iters": 30, "latent_iters": 10}},
     ),
+    # MMPS at 64 steps (64 denoiser calls); the digits SR preset on SR (docs/solvers/mmps.md).
+    SolverSetting(
+        "mmps",
+        "mmps",
+        "pixel",
+        "digits/{task}",
+        {"steps": 64, "cg_iters": 3},
+        tasks=LINEAR_TASKS,
+        no_preset=tuple(t for t in LINEAR_TASKS if t != "super_resolution"),
+    ),
     # MCGdiff at the paper's 100 steps on the tasks with a cheap SVD (docs/solvers/mcgdiff.md);
     # one particle per image here, so its weights play no part. Measured (4 images): SR 31.1 dB,
     # gaussian_blur 38.7, but inpaint_box 12.6 and inpaint_random 15.9, under the naive fill:
@@ -233,16 +243,6 @@ SETTINGS: tuple[SolverSetting, ...] = (
         None,
         {"num_steps": 100},
         tasks=("super_resolution", "inpaint_box", "inpaint_random", "gaussian_blur"),
-    ),
-    # MMPS at 64 steps (64 denoiser calls); the digits SR preset on SR (docs/solvers/mmps.md).
-    SolverSetting(
-        "mmps",
-        "mmps",
-        "pixel",
-        "digits/{task}",
-        {"steps": 64, "cg_iters": 3},
-        tasks=LINEAR_TASKS,
-        no_preset=tuple(t for t in LINEAR_TASKS if t != "super_resolution"),
     ),
     # DDRM (paper: 20 steps, eta 0.85, eta_b 1) and DDNM / DDNM+ (reference code: 100 steps,
     # eta 0.85) on the SVD operators (docs/solvers/ddrm.md, docs/solvers/ddnm.md). Measured
