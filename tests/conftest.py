@@ -30,3 +30,14 @@ def ray_session():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _release_parked_ray_workers():
+    """End the Ray workers a test parked for reuse (ensemble.backends), so that their CPUs do
+    not stay reserved in the session's 2-CPU instance and block a later test's actors."""
+    yield
+    import sys
+
+    if "ensemble.backends" in sys.modules:
+        sys.modules["ensemble.backends"].release_workers()
