@@ -154,7 +154,8 @@ def test_exit_status_when_an_image_failed(tmp_path: Path, monkeypatch) -> None:
 
 @pytest.mark.slow
 def test_ctrl_c_ends_run_with_one_line_and_the_resume_command(tmp_path: Path) -> None:
-    config = _config(tmp_path, data={"dataset": "digits", "split": "test", "images": 40})
+    # every test image (0 = all), so that a fast machine is still working when the signal comes
+    config = _config(tmp_path, data={"dataset": "digits", "split": "test", "images": 0})
     command = ["run", str(config), *_fast(), "execution.images_per_batch=1"]
     process = subprocess.Popen(
         [sys.executable, "-m", "experiments.cli", *command, "--no-progress"],
@@ -167,6 +168,7 @@ def test_ctrl_c_ends_run_with_one_line_and_the_resume_command(tmp_path: Path) ->
     while not results.exists() and time.monotonic() - began < 600 and process.poll() is None:
         time.sleep(0.1)  # working: the first image is written (slow on a loaded machine)
     assert results.exists(), "the run wrote no image before the time limit"
+    assert process.poll() is None, "the run ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
